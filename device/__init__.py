@@ -1,0 +1,1 @@
+"""Gate device service: camera → face verification → door signal → outbox → MQTT uplink."""

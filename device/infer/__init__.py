@@ -1,0 +1,1 @@
+"""On-device inference: model bundle, TFLite runtime, detection, alignment, embedding, matching."""

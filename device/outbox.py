@@ -1,0 +1,112 @@
+"""The device's outbox: a SQLite journal holding every event until the broker acknowledged it.
+
+An event is committed here (WAL, ``synchronous=FULL``: fsync on commit, so a power cut right
+after cannot lose it) before the door opens and before it is published; it is deleted only when
+the broker's PUBACK arrives. ``seq`` is assigned in the same transaction, so it is gapless per
+device and survives restarts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('next_seq', 0), ('acked', 0);
+"""
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event waiting for its PUBACK."""
+
+    seq: int
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    """Durable FIFO of outgoing events, shared by the check-in loop and the uplink thread.
+
+    One connection guarded by a lock: writes are a few per second at a door, and a single writer
+    keeps ``seq`` assignment trivially race-free.
+    """
+
+    def __init__(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def append(self, build: Callable[[int], tuple[str, bytes]]) -> int:
+        """Assign the next ``seq``, build the message with it, and commit both durably.
+
+        ``build(seq)`` returns ``(topic, payload)``; it runs inside the transaction so the seq
+        in the payload and the row are always the same.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (seq,) = self._db.execute(
+                    "SELECT value FROM counters WHERE name='next_seq'").fetchone()
+                topic, payload = build(seq)
+                self._db.execute("INSERT INTO outbox (seq, topic, payload, created) VALUES (?, ?, ?, ?)",
+                    (seq, topic, payload, time.time()))
+                self._db.execute("UPDATE counters SET value = value + 1 WHERE name='next_seq'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return seq
+
+    def pending(self, after_seq: int = -1, limit: int = 100) -> list[PendingEvent]:
+        """Oldest events with ``seq`` greater than ``after_seq``, in seq order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit)).fetchall()
+        return [PendingEvent(seq, topic, bytes(payload)) for seq, topic, payload in rows]
+
+    def remove(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged events; returns how many were still present."""
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            removed = cur.rowcount
+            self._db.execute("UPDATE counters SET value = value + ? WHERE name='acked'",
+                             (removed,))
+            self._db.execute("COMMIT")
+            return removed
+
+    def depth(self) -> int:
+        """Events not yet acknowledged by the broker."""
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def counters(self) -> dict[str, int]:
+        """Lifetime totals: ``appended`` (= next seq) and ``acked``."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return {"appended": rows["next_seq"], "acked": rows["acked"]}
+
+    def close(self) -> None:
+        """Close the database (everything committed is already on disk)."""
+        with self._lock:
+            self._db.close()

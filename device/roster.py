@@ -1,0 +1,124 @@
+"""The room roster a gate checks faces against: applicants of one session and room.
+
+Templates are biometric data: the file is written atomically with mode 0600 and never logged.
+(Encryption at rest and signatures come with provisioning; the format carries a ``version`` so a
+newer roster can replace an older one and never the reverse.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.infer.match import Gallery
+
+ROSTER_FORMAT = 1
+
+
+class RosterError(ValueError):
+    """A roster file that is missing or malformed; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    """One applicant expected at this door."""
+
+    applicant_id: str
+    name: str
+    template: np.ndarray  # unit-length float32 embedding (mean of enrollment photos)
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The applicants of one session and room, with their templates."""
+
+    session: str
+    room: str
+    version: int
+    entries: tuple[RosterEntry, ...]
+
+    def gallery(self) -> Gallery:
+        """Templates as a matrix for 1:N matching."""
+        if not self.entries:
+            return Gallery([], np.zeros((0, 128), dtype=np.float32))
+        return Gallery([e.applicant_id for e in self.entries],
+                       np.stack([e.template for e in self.entries]))
+
+    def by_id(self) -> dict[str, RosterEntry]:
+        """Entries keyed by applicant id."""
+        return {e.applicant_id: e for e in self.entries}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialisable form; templates as base64 little-endian float32."""
+        return {
+            "format": ROSTER_FORMAT, "session": self.session, "room": self.room,
+            "version": self.version,
+            "entries": [{"applicant_id": e.applicant_id, "name": e.name,
+                         "template": base64.b64encode(
+                             np.asarray(e.template, "<f4").tobytes()).decode()}
+                        for e in self.entries],
+        }
+
+
+def roster_from_dict(data: dict[str, Any]) -> Roster:
+    """Parse and check a roster document."""
+    if not isinstance(data, dict) or data.get("format") != ROSTER_FORMAT:
+        raise RosterError(f"roster format must be {ROSTER_FORMAT}")
+    entries = []
+    dims = set()
+    for i, raw in enumerate(data.get("entries", [])):
+        try:
+            template = np.frombuffer(base64.b64decode(raw["template"]), dtype="<f4").copy()
+            entry = RosterEntry(str(raw["applicant_id"]), str(raw.get("name", "")), template)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RosterError(f"roster entry {i}: {exc!r}") from None
+        dims.add(template.size)
+        entries.append(entry)
+    if len(dims) > 1:
+        raise RosterError(f"roster templates have mixed lengths {sorted(dims)}")
+    ids = [e.applicant_id for e in entries]
+    if len(set(ids)) != len(ids):
+        raise RosterError("roster lists an applicant id twice")
+    try:
+        return Roster(session=str(data["session"]), room=str(data["room"]),
+                      version=int(data["version"]), entries=tuple(entries))
+    except KeyError as exc:
+        raise RosterError(f"roster field {exc.args[0]} is missing") from None
+
+
+def save_roster(roster: Roster, path: Path) -> None:
+    """Write atomically (temp file + rename) with owner-only permissions."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".roster-")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(roster.to_dict(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_roster(path: Path) -> Roster:
+    """Read a roster file; RosterError with the path on any problem."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RosterError(f"roster file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise RosterError(f"roster file {path} is not valid JSON: {exc}") from None
+    try:
+        return roster_from_dict(data)
+    except RosterError as exc:
+        raise RosterError(f"roster file {path}: {exc}") from None

@@ -1,0 +1,76 @@
+"""Assembling and running the device service from a validated config."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from device.capture.replay import ReplaySource
+from device.checkin import CheckinLoop
+from device.config import DeviceConfig
+from device.gate.door import DoorSignal
+from device.gate.pins import use_pin_factory
+from device.infer.bundle import load_bundle
+from device.infer.pipeline import FacePipeline
+from device.outbox import Outbox
+from device.roster import load_roster
+from device.uplink import Uplink
+from gerbang import __version__
+
+log = logging.getLogger(__name__)
+
+
+def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run the gate until the frame source ends (replay) or ``stop`` is set / SIGTERM arrives.
+
+    Start-up order puts the checks that can refuse to start first (models, roster), before any
+    pin or network is touched. Returns the run's counters.
+    """
+    stop = stop or threading.Event()
+    ident = config.gate
+    bundle = load_bundle(config.models.bundle_dir)  # verifies every sha256 or raises
+    roster = load_roster(config.roster_path)
+    if (roster.session, roster.room) != (ident.session, ident.room):
+        log.warning("roster is for session %s room %s but this gate is session %s room %s",
+                    roster.session, roster.room, ident.session, ident.room)
+    pipeline = FacePipeline.from_bundle(bundle, config.models.threads, config.models.runtime)
+    log.info("models verified and loaded (%s); roster v%d with %d applicants",
+             ", ".join(f"{k}={v[:12]}" for k, v in bundle.hashes().items()),
+             roster.version, len(roster.entries))
+
+    use_pin_factory(config.gpio.pin_factory)
+    door = DoorSignal(config.gpio.relay_pin, config.gpio.green_pin, config.gpio.red_pin,
+                      config.gpio.relay_pulse_s, config.gpio.relay_active_high)
+    outbox = Outbox(config.outbox_path)
+    if outbox.depth():
+        log.info("outbox holds %d unsent events from before; sending them first", outbox.depth())
+    uplink = Uplink(outbox, config.broker, ident.centre, ident.device_id, birth={
+        "device_id": ident.device_id, "room": ident.room, "session": ident.session,
+        "firmware": __version__, "models": bundle.hashes(), "roster_version": roster.version})
+    uplink.start()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    loop = CheckinLoop(pipeline, roster, config.match.threshold, door, outbox, ident,
+                       on_recorded=uplink.notify)
+    source = ReplaySource(config.capture.path, fps=config.capture.fps, loop=config.capture.loop)
+    try:
+        loop.run(source, should_stop=stop.is_set)
+        if not stop.is_set():
+            log.info("frame source ended; waiting up to %.0fs for the outbox to drain",
+                     config.drain_timeout_s)
+            if not uplink.drain(config.drain_timeout_s):
+                log.warning("%d events still in the outbox; they will be sent on next start",
+                            outbox.depth())
+    finally:
+        source.close()
+        uplink.stop()
+        door.close()
+        result = {**loop.counts, "published": uplink.published, "outbox_depth": outbox.depth()}
+        outbox.close()
+    log.info("stopped: %s", result)
+    return result

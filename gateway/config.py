@@ -1,0 +1,42 @@
+"""Gateway configuration (TOML), validated at start-up with messages that name the bad field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gerbang.config import BrokerConfig, load_section, read_toml, require
+
+
+@dataclass
+class ServiceConfig:
+    """Where the gateway keeps data and serves its pages."""
+
+    db: Path = Path("/var/lib/gerbang-gateway/attendance.sqlite")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    #: Centre id to ingest, or "+" for every centre on the broker.
+    centre: str = "+"
+    client_id: str = "gerbang-gateway"
+
+    def __post_init__(self) -> None:
+        require(0 < self.http_port < 65536, "http_port", f"must be 1..65535, got {self.http_port}")
+        require(self.centre == "+" or "/" not in self.centre, "centre", "must not contain '/'")
+
+
+@dataclass
+class GatewayConfig:
+    """The whole gateway configuration."""
+
+    gateway: ServiceConfig = field(default_factory=ServiceConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+
+
+def load_gateway_config(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None,
+                        ) -> GatewayConfig:
+    """Read ``path`` (or defaults when None), apply command-line ``overrides``, validate."""
+    data = read_toml(path) if path else {}
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return load_section(GatewayConfig, data)

@@ -1,0 +1,216 @@
+"""The wire contract between gate devices and the gateway: MQTT topics and message schemas.
+
+Both ends import this module, so a change to the contract is one change in one place. Every
+payload is a JSON object carrying ``schema`` (the contract version below); a receiver refuses a
+version it does not know instead of guessing. Topic layout (MQTT 5, QoS as listed)::
+
+    gerbang/v1/{centre}/{device}/status      dev→gw  QoS1 retained  birth / LWT "offline"
+    gerbang/v1/{centre}/{device}/events      dev→gw  QoS1            check-in events
+    gerbang/v1/{centre}/{device}/telemetry   dev→gw  QoS0            fps, latencies, outbox depth
+    gerbang/v1/{centre}/{device}/cmd/{name}  gw→dev  QoS1            commands
+    gerbang/v1/{centre}/{device}/cmd_ack     dev→gw  QoS1            command results
+
+Events are delivered at least once; the gateway stores them by ``event_id`` so the effect is
+exactly once. ``seq`` increases by one per event on each device, so gaps are visible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "gerbang/v1"
+
+#: Identifiers used inside topics: no wildcards, separators or spaces, bounded length.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+OUTCOMES = ("accepted", "refused", "no_face")
+#: Why a check-in was refused (``reason``); ``None`` for accepted.
+REASONS = ("no_match", "no_face", "not_on_roster", "bad_frame")
+
+MAX_PAYLOAD_BYTES = 16 * 1024  # an event is ~400 bytes; anything far larger is hostile or broken
+
+
+class WireError(ValueError):
+    """A payload or topic that does not follow the contract; the message names the field."""
+
+
+def _check_id(name: str, value: str) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise WireError(f"{name} must match {ID_PATTERN.pattern!r}, got {value!r}")
+    return value
+
+
+def device_topic(centre: str, device: str, leaf: str) -> str:
+    """Topic of one device's stream ``leaf`` (``events``, ``status``, ``cmd/unlock`` ...)."""
+    return f"{TOPIC_ROOT}/{_check_id('centre', centre)}/{_check_id('device', device)}/{leaf}"
+
+
+def events_topic(centre: str, device: str) -> str:
+    """Where a device publishes its check-in events."""
+    return device_topic(centre, device, "events")
+
+
+def status_topic(centre: str, device: str) -> str:
+    """Retained birth message / last-will of one device."""
+    return device_topic(centre, device, "status")
+
+
+def subscription(centre: str = "+", leaf: str = "#") -> str:
+    """Topic filter a gateway subscribes to (all devices of ``centre`` by default)."""
+    return f"{TOPIC_ROOT}/{centre}/+/{leaf}"
+
+
+@dataclass(frozen=True)
+class TopicParts:
+    """The identity a topic claims: which centre, which device, which stream."""
+
+    centre: str
+    device: str
+    leaf: str
+
+
+def parse_topic(topic: str) -> TopicParts:
+    """Split a Gerbang topic; raises WireError for anything outside the contract."""
+    parts = topic.split("/")
+    if len(parts) < 5 or "/".join(parts[:2]) != TOPIC_ROOT:
+        raise WireError(f"topic {topic!r} is not under {TOPIC_ROOT}/{{centre}}/{{device}}/")
+    centre, device = parts[2], parts[3]
+    _check_id("topic centre", centre)
+    _check_id("topic device", device)
+    return TopicParts(centre=centre, device=device, leaf="/".join(parts[4:]))
+
+
+def utc_now_iso() -> str:
+    """Current UTC time as ISO 8601 with milliseconds and a ``Z``, the contract's time format."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_event_id() -> str:
+    """A globally unique event id (UUID4 hex): the gateway's idempotency key."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class CheckinEvent:
+    """One decision at a gate: who (if anyone) was admitted or refused, and how sure.
+
+    ``score`` is the cosine similarity of the best roster match (biometric-adjacent: the gateway
+    may purge it after a retention period). ``frame_ref`` names the replayed image in rehearsals
+    and demos so results can be checked against ground truth; a live camera leaves it empty.
+    """
+
+    event_id: str
+    device_id: str
+    centre: str
+    room: str
+    session: str
+    seq: int
+    ts: str
+    outcome: str
+    reason: str | None = None
+    applicant_id: str | None = None
+    score: float | None = None
+    latency_ms: float | None = None
+    frame_ref: str | None = None
+    kind: str = "checkin"
+    schema: int = field(default=SCHEMA_VERSION)
+
+    def to_json(self) -> bytes:
+        """Compact UTF-8 JSON, the bytes that go on the wire."""
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
+
+
+# field name -> (accepted types, required)
+_EVENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "schema": ((int,), True),
+    "kind": ((str,), True),
+    "event_id": ((str,), True),
+    "device_id": ((str,), True),
+    "centre": ((str,), True),
+    "room": ((str,), True),
+    "session": ((str,), True),
+    "seq": ((int,), True),
+    "ts": ((str,), True),
+    "outcome": ((str,), True),
+    "reason": ((str, type(None)), False),
+    "applicant_id": ((str, type(None)), False),
+    "score": ((float, int, type(None)), False),
+    "latency_ms": ((float, int, type(None)), False),
+    "frame_ref": ((str, type(None)), False),
+}
+_EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
+_MAX_TEXT = 256
+
+
+def parse_event(payload: bytes | str) -> CheckinEvent:
+    """Validate a check-in payload and return it as a CheckinEvent.
+
+    Raises WireError naming the first bad field. Strict on purpose: anything a device would not
+    send (unknown schema, wrong types, huge strings, unknown fields) is refused rather than stored.
+    """
+    if isinstance(payload, bytes | bytearray):
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise WireError(f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireError(f"payload is not UTF-8: {exc}") from None
+    try:
+        data = json.loads(payload)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WireError(f"payload must be a JSON object, got {type(data).__name__}")
+    schema = data.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise WireError(f"schema: unsupported version {schema!r} (this end speaks {SCHEMA_VERSION})")
+    unknown = sorted(set(data) - set(_EVENT_FIELDS))
+    if unknown:
+        raise WireError(f"unknown field(s): {', '.join(unknown[:5])}")
+    for name, (types, required) in _EVENT_FIELDS.items():
+        if name not in data:
+            if required:
+                raise WireError(f"{name}: missing")
+            continue
+        value = data[name]
+        # bool is an int subclass in Python; a true/false seq or score is a broken sender.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise WireError(f"{name}: expected {'/'.join(t.__name__ for t in types)}, "
+                            f"got {type(value).__name__}")
+        if isinstance(value, str) and len(value) > _MAX_TEXT:
+            raise WireError(f"{name}: longer than {_MAX_TEXT} characters")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WireError(f"{name}: not a finite number")
+    if data["kind"] != "checkin":
+        raise WireError(f"kind: expected 'checkin', got {data['kind']!r}")
+    if not _EVENT_ID.match(data["event_id"]):
+        raise WireError("event_id: expected 32 lowercase hex characters")
+    for name in ("device_id", "centre", "room", "session"):
+        _check_id(name, data[name])
+    if data["seq"] < 0:
+        raise WireError("seq: must be >= 0")
+    if data["outcome"] not in OUTCOMES:
+        raise WireError(f"outcome: expected one of {OUTCOMES}, got {data['outcome']!r}")
+    if data.get("reason") is not None and data["reason"] not in REASONS:
+        raise WireError(f"reason: expected one of {REASONS}, got {data['reason']!r}")
+    if data["outcome"] == "accepted" and not data.get("applicant_id"):
+        raise WireError("applicant_id: required when outcome is 'accepted'")
+    try:
+        datetime.fromisoformat(data["ts"].replace("Z", "+00:00"))
+    except ValueError:
+        raise WireError(f"ts: not an ISO 8601 time: {data['ts']!r}") from None
+    return CheckinEvent(**data)
+
+
+def status_payload(online: bool, **details: Any) -> bytes:
+    """Birth (``online``) or last-will (``offline``) message for the retained status topic."""
+    body = {"schema": SCHEMA_VERSION, "state": "online" if online else "offline",
+            "ts": utc_now_iso(), **details}
+    return json.dumps(body, separators=(",", ":")).encode()

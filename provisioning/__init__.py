@@ -1,0 +1,1 @@
+"""Technician tools: model bundle, enrollment and rosters (PKI and device bundles next)."""

@@ -1,0 +1,114 @@
+"""Device outbox → real Mosquitto → gateway store: exactly once, across a broker restart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device.outbox import Outbox
+from device.uplink import Uplink
+from gateway.ingest import Ingest
+from gateway.store import Store
+from gerbang import wire
+from gerbang.config import BrokerConfig
+
+CENTRE, DEVICE = "c1", "c1-r01-a"
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def event_builder(n: int, device: str = DEVICE):
+    def build(seq: int) -> tuple[str, bytes]:
+        event = wire.CheckinEvent(
+            event_id=wire.new_event_id(), device_id=device, centre=CENTRE, room="R01",
+            session="S1", seq=seq, ts=wire.utc_now_iso(), outcome="accepted",
+            applicant_id=f"A{n:04d}", score=0.7, latency_ms=50.0)
+        return wire.events_topic(CENTRE, device), event.to_json()
+    return build
+
+
+@pytest.fixture
+def gateway(tmp_path, mosquitto):
+    store = Store(tmp_path / "gw.sqlite")
+    ingest = Ingest(store, BrokerConfig(port=mosquitto.port))
+    ingest.start()
+    assert ingest.connected.wait(10), "gateway did not connect"
+    yield store, ingest
+    ingest.stop()
+
+
+@pytest.mark.slow
+def test_events_survive_a_broker_restart_without_duplicates(tmp_path, mosquitto, gateway):
+    store, ingest = gateway
+    outbox = Outbox(tmp_path / "dev" / "outbox.sqlite")
+    uplink = Uplink(outbox, BrokerConfig(port=mosquitto.port), CENTRE, DEVICE)
+    uplink.start()
+    total = 300
+    restarted = threading.Event()
+    backlog_during_outage = []
+
+    def restart_broker():
+        time.sleep(0.5)
+        mosquitto.stop()
+        time.sleep(1.5)
+        backlog_during_outage.append(outbox.depth())
+        time.sleep(0.5)
+        mosquitto.start()
+        restarted.set()
+
+    threading.Thread(target=restart_broker, daemon=True).start()
+    for n in range(total):
+        outbox.append(event_builder(n))
+        uplink.notify()
+        time.sleep(0.01)  # ~3 s of check-ins; the broker is down for 2 s of them
+    assert restarted.wait(20)
+    assert backlog_during_outage[0] > 20, "the outage should have left events in the outbox"
+    assert uplink.drain(timeout=60), f"outbox still holds {outbox.depth()} events"
+    wait_until(lambda: store.counts()["events"] >= total, 30, "gateway to store every event")
+    time.sleep(1.0)  # let any late redelivery arrive: it must not add rows
+    rows = store.events()
+    assert len(rows) == total
+    assert sorted(r["seq"] for r in rows) == list(range(total))
+    assert len({r["event_id"] for r in rows}) == total
+    assert ingest.stats.stored == total
+    uplink.stop()
+
+
+def test_hostile_payloads_are_rejected_counted_and_never_stored(mosquitto, gateway):
+    store, ingest = gateway
+    good = json.loads(event_builder(1)(0)[1])
+    spoofed = {**good, "event_id": wire.new_event_id(), "device_id": "c1-r02-b"}
+    bad_payloads = [
+        b"{not json",
+        json.dumps({**good, "seq": "zero"}).encode(),
+        json.dumps({**good, "applicant_id": "A" * 10_000}).encode(),
+        json.dumps({**good, "schema": 2}).encode(),
+        json.dumps(spoofed).encode(),  # a device speaking for another device
+    ]
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    topic = wire.events_topic(CENTRE, DEVICE)
+    for payload in [*bad_payloads, json.dumps(good).encode()]:
+        client.publish(topic, payload, qos=1).wait_for_publish(5)
+    wait_until(lambda: store.counts()["events"] == 1 and ingest.stats.rejected >= 5, 10,
+               "the good event stored and the bad ones rejected")
+    client.loop_stop()
+    client.disconnect()
+    assert ingest.stats.rejected == len(bad_payloads)
+    assert store.counts() == {"events": 1, "rejected": len(bad_payloads)}
+    assert [r["event_id"] for r in store.events()] == [good["event_id"]]
+    reasons = [r["error"] for r in store.db["rejects"].rows]
+    assert any("seq" in r for r in reasons) and any("does not match topic" in r for r in reasons)
