@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import sys
@@ -28,11 +29,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify_models(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle)
+def verify_models(bundle_dir: Path | None) -> int:
+    """Check the bundle and print one line per model (raises ModelBundleError on a mismatch)."""
+    bundle = load_bundle(bundle_dir)
     for role, sha in bundle.hashes().items():
         print(f"ok  {role:10s} {bundle.entry(role)['file']:32s} sha256 {sha}")
     return 0
+
+
+def _cmd_verify_models(args: argparse.Namespace) -> int:
+    return verify_models(args.bundle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; expected failures print one clear line and exit 2, never a traceback."""
+    # A crash inside native code (TFLite, OpenCV) must leave a stack in the journal.
+    faulthandler.enable()
     args = build_parser().parse_args(argv)
     setup_logging("gerbang-device", args.verbose)
     try:

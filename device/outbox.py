@@ -64,7 +64,8 @@ class Outbox:
                 (seq,) = self._db.execute(
                     "SELECT value FROM counters WHERE name='next_seq'").fetchone()
                 topic, payload = build(seq)
-                self._db.execute("INSERT INTO outbox (seq, topic, payload, created) VALUES (?, ?, ?, ?)",
+                self._db.execute(
+                    "INSERT INTO outbox (seq, topic, payload, created) VALUES (?, ?, ?, ?)",
                     (seq, topic, payload, time.time()))
                 self._db.execute("UPDATE counters SET value = value + 1 WHERE name='next_seq'")
                 self._db.execute("COMMIT")

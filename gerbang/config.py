@@ -27,7 +27,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(where: str, tp: Any, value: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; allow the few lossless conversions TOML needs."""
+    """Check ``value`` against the annotation ``tp``, allowing lossless int → float."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
@@ -86,7 +86,8 @@ def load_section(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     except ConfigError as exc:
         # __post_init__ names the field relative to the section; add the section path.
         msg = str(exc)
-        raise ConfigError(f"{where}.{msg}" if where and not msg.startswith(where) else msg) from None
+        prefixed = f"{where}.{msg}" if where and not msg.startswith(where) else msg
+        raise ConfigError(prefixed) from None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gerbang.broker import free_port, start_local_broker, wait_for_port
+from gerbang.broker import free_port, start_local_broker
 from gerbang.logs import setup_logging
 
 log = logging.getLogger("demo")
@@ -221,7 +221,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with open(logs / "gateway.log", "ab") as gw_log:
             gateway = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--db", str(workdir / "gateway.sqlite"),
+                [sys.executable, "-m", "gateway.cli", "run",
+                 "--db", str(workdir / "gateway.sqlite"),
                  "--http-port", str(http_port), "--broker-port", str(broker.port),
                  "--mqtt-protocol", str(broker.protocol)], stdout=gw_log, stderr=gw_log, env=env)
         procs.append(gateway)
@@ -246,6 +247,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                 device.send_signal(signal.SIGTERM)
                 out, _ = device.communicate(timeout=30)
             lines = out.decode().strip().splitlines()
+            if device.returncode != 0 or not lines:
+                log.error("gate process %s exited with code %s; see %s", device.args[-2],
+                          device.returncode, logs)
             results.append(json.loads(lines[-1]) if lines else {})
         published = sum(r.get("published", 0) for r in results)
         # The gateway commits in batches: give it a moment to store the last ones.

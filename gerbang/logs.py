@@ -18,4 +18,5 @@ def setup_logging(component: str, verbose: bool = False) -> None:
         level=level, stream=sys.stderr, force=True,
         format=f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S")
-    logging.getLogger("paho").setLevel(logging.WARNING)
+    for noisy in ("paho", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -170,7 +170,8 @@ def parse_event(payload: bytes | str) -> CheckinEvent:
         raise WireError(f"payload must be a JSON object, got {type(data).__name__}")
     schema = data.get("schema")
     if schema != SCHEMA_VERSION:
-        raise WireError(f"schema: unsupported version {schema!r} (this end speaks {SCHEMA_VERSION})")
+        raise WireError(
+            f"schema: unsupported version {schema!r} (this end speaks {SCHEMA_VERSION})")
     unknown = sorted(set(data) - set(_EVENT_FIELDS))
     if unknown:
         raise WireError(f"unknown field(s): {', '.join(unknown[:5])}")

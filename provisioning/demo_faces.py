@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from device.capture.replay import read_image
+from device.infer.align import align_face
 from device.infer.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
@@ -51,33 +52,56 @@ def _recapture(crop: np.ndarray, variant: int) -> np.ndarray:
     return np.clip(out.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
-def build_demo_faces(out_dir: Path, pipeline: FacePipeline) -> Path:
-    """Write ``out_dir/<person>/{0,1,2}.jpg`` from the package's group photos; returns out_dir."""
+def _face_crops(photos: list[Path], pipeline: FacePipeline,
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(portrait crop, embedding) of every usable face in the group photos."""
+    found = []
+    for photo in photos:
+        image = read_image(photo)
+        if image is None:
+            continue
+        for face in pipeline.detector.detect(image):
+            x, y, w, h = face.box
+            if min(w, h) < 60:  # too small to be a fair enrollment photo
+                continue
+            # A portrait-like crop: the face plus a margin, as a registration selfie would be.
+            m = 0.6 * max(w, h)
+            x0, y0 = int(max(0, x - m)), int(max(0, y - m))
+            x1, y1 = int(min(image.shape[1], x + w + m)), int(min(image.shape[0], y + h + m))
+            embedding = pipeline.embedder.embed(align_face(image, face.landmarks))
+            found.append((image[y0:y1, x0:x1], embedding))
+    return found
+
+
+def build_demo_faces(out_dir: Path, pipeline: FacePipeline, same_person: float = 0.45) -> Path:
+    """Write ``out_dir/<person>/<n>.jpg`` from the package's group photos; returns out_dir.
+
+    Some people appear in several of the photos: faces whose embeddings agree above
+    ``same_person`` (the FAR 1e-4 level measured on celeba) are grouped as one person, so the
+    demo's ground truth does not call a real match a false accept. People seen once get two
+    re-captures as their gate images.
+    """
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         return out_dir
     with tempfile.TemporaryDirectory() as tmp:
-        photos = _fetch_group_photos(Path(tmp))
-        count = 0
-        for photo_index, photo in enumerate(photos):
-            image = read_image(photo)
-            if image is None:
-                continue
-            for face in pipeline.detector.detect(image):
-                x, y, w, h = face.box
-                if min(w, h) < 60:  # too small to be a fair enrollment photo
-                    continue
-                # A portrait-like crop: the face plus a margin, as a registration selfie would be.
-                m = 0.6 * max(w, h)
-                x0, y0 = int(max(0, x - m)), int(max(0, y - m))
-                x1 = int(min(image.shape[1], x + w + m))
-                y1 = int(min(image.shape[0], y + h + m))
-                crop = image[y0:y1, x0:x1]
-                person = out_dir / f"faceapi{photo_index + 1}-{count:02d}"
-                person.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(person / "0.jpg"), crop)
-                for v in (1, 2):
-                    cv2.imwrite(str(person / f"{v}.jpg"), _recapture(crop, v))
-                count += 1
-    log.info("built %d demo people from %s into %s", count, NPM_PACKAGE, out_dir)
+        faces = _face_crops(_fetch_group_photos(Path(tmp)), pipeline)
+    people: list[list[tuple[np.ndarray, np.ndarray]]] = []
+    for crop, embedding in faces:
+        best = max(people, default=None,
+                   key=lambda group: max(float(embedding @ e) for _, e in group))
+        if best is not None and max(float(embedding @ e) for _, e in best) >= same_person:
+            best.append((crop, embedding))
+        else:
+            people.append([(crop, embedding)])
+    for n, group in enumerate(people):
+        person = out_dir / f"faceapi-{n:02d}"
+        person.mkdir(parents=True, exist_ok=True)
+        crops = [crop for crop, _ in group]
+        if len(crops) == 1:
+            crops += [_recapture(crops[0], v) for v in (1, 2)]
+        for i, crop in enumerate(crops):
+            cv2.imwrite(str(person / f"{i}.jpg"), crop)
+    log.info("built %d demo people (%d faces) from %s into %s", len(people), len(faces),
+             NPM_PACKAGE, out_dir)
     return out_dir

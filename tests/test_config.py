@@ -59,3 +59,14 @@ def test_service_refuses_to_start_with_one_clear_line(tmp_path):
     assert proc.returncode == 2
     assert "gate.session: missing" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_shipped_example_configs_are_valid():
+    from pathlib import Path
+
+    from device.config import load_device_config
+    from gateway.config import load_gateway_config
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    assert load_device_config(examples / "device.toml").gate.room == "R01"
+    assert load_gateway_config(examples / "gateway.toml").gateway.http_port == 8080

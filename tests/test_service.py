@@ -1,0 +1,131 @@
+"""The real device and gateway processes against a real Mosquitto, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from device.roster import Roster, RosterEntry, save_roster
+from gerbang.broker import free_port
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
+
+
+def wait_http(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return get_json(url)
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.fixture
+def gateway_proc(tmp_path, mosquitto):
+    port = free_port()
+    log = open(tmp_path / "gateway.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--db", str(tmp_path / "gw.sqlite"),
+         "--http-port", str(port), "--broker-port", str(mosquitto.port)],
+        stdout=log, stderr=log, env=ENV)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthz")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=15)
+    log.close()
+
+
+def write_device_config(tmp_path, broker_port, frames, roster_entries=()):
+    data = tmp_path / "gate"
+    save_roster(Roster("S1", "R01", 1, tuple(roster_entries)), data / "roster.json")
+    config = tmp_path / "device.toml"
+    config.write_text(f"""
+[gate]
+device_id = "c1-r01-a"
+centre = "c1"
+room = "R01"
+session = "S1"
+data_dir = "{data}"
+[broker]
+port = {broker_port}
+[capture]
+path = "{frames}"
+[models]
+threads = 1
+[gpio]
+pin_factory = "mock"
+""")
+    return config
+
+
+def test_frames_without_faces_and_broken_files_are_reported_not_fatal(tmp_path, mosquitto,
+                                                                      gateway_proc):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "01-black.png"), np.zeros((480, 640, 3), np.uint8))
+    (frames / "02-broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    cv2.imwrite(str(frames / "03-noise.png"), noise)
+    entry = RosterEntry("A1", "", np.eye(128, dtype=np.float32)[0])
+    config = write_device_config(tmp_path, mosquitto.port, frames, [entry])
+    proc = subprocess.run([sys.executable, "-m", "device.cli", "run", "--config", str(config),
+                           "--json"], capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"accepted": 0, "refused": 0, "no_face": 2, "published": 2,
+                      "outbox_depth": 0}
+    assert "cannot decode" in proc.stderr and "02-broken.jpg" in proc.stderr
+    deadline = time.monotonic() + 10
+    while get_json(f"{gateway_proc}/api/stats")["events"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    events = get_json(f"{gateway_proc}/api/events")
+    assert sorted(e["outcome"] for e in events) == ["no_face", "no_face"]
+    assert [d["state"] for d in get_json(f"{gateway_proc}/api/devices")] == ["offline"]
+
+
+@pytest.mark.faces
+def test_enrolled_face_opens_stranger_does_not(tmp_path, mosquitto, gateway_proc, faces_root,
+                                               pipeline):
+    from device.capture.replay import read_image
+    from provisioning.enroll import template_from_photos
+
+    people = sorted(p for p in (faces_root / "orl").iterdir() if p.is_dir())[:3]
+    entries = []
+    for person in people[:2]:
+        template, _ = template_from_photos(pipeline, sorted(person.iterdir())[:1])
+        entries.append(RosterEntry(person.name, "", template))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shown = [sorted(people[0].iterdir())[5], sorted(people[1].iterdir())[6],
+             sorted(people[2].iterdir())[0]]
+    for n, src in enumerate(shown):
+        cv2.imwrite(str(frames / f"{n}.png"), read_image(src))
+    config = write_device_config(tmp_path, mosquitto.port, frames, entries)
+    proc = subprocess.run([sys.executable, "-m", "device.cli", "run", "--config", str(config),
+                           "--json"], capture_output=True, text=True, timeout=120, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 10
+    while get_json(f"{gateway_proc}/api/stats")["events"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    by_frame = {e["seq"]: e for e in get_json(f"{gateway_proc}/api/events")}
+    assert by_frame[0]["outcome"] == "accepted" and by_frame[0]["applicant_id"] == people[0].name
+    assert by_frame[1]["outcome"] == "accepted" and by_frame[1]["applicant_id"] == people[1].name
+    assert by_frame[2]["outcome"] == "refused" and by_frame[2]["reason"] == "no_match"
+    rooms = get_json(f"{gateway_proc}/api/rooms")
+    assert rooms == [{"session": "S1", "room": "R01", "present": 2, "accepted_events": 2,
+                      "refused": 1, "no_face": 0, "last_checkin": by_frame[1]["ts"], "gates": 1}]
