@@ -15,6 +15,7 @@ from device.infer.align import align_face
 from device.infer.bundle import ModelBundle
 from device.infer.detect import Detector, Face, YuNetDetector, yunet_output_tensors
 from device.infer.embed import SFaceEmbedder
+from device.infer.landmarks import FaceMeshRefiner, Mesh
 from device.infer.runtime import load_interpreter
 
 
@@ -27,6 +28,12 @@ class FaceReading:
     subject: Face | None
     embedding: np.ndarray | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: FaceMesh landmarks of the subject (None when refinement is off or found no face).
+    mesh: Mesh | None = None
+    #: The five points the crop was aligned with (frame pixels).
+    points: np.ndarray | None = None
+    #: The aligned 112×112 BGR crop that was embedded.
+    crop: np.ndarray | None = None
 
 
 def _largest(faces: list[Face]) -> Face:
@@ -35,21 +42,31 @@ def _largest(faces: list[Face]) -> Face:
 
 
 class FacePipeline:
-    """Detector and embedder composed; ``read(image)`` runs them on one frame."""
+    """Detector, optional FaceMesh refiner and embedder composed; ``read(image)`` runs them."""
 
-    def __init__(self, detector: Detector, embedder: SFaceEmbedder) -> None:
+    #: Below this FaceMesh presence the mesh is not trusted and the detector's points are used.
+    MIN_MESH_PRESENCE = 0.5
+
+    def __init__(self, detector: Detector, embedder: SFaceEmbedder,
+                 refiner: FaceMeshRefiner | None = None, flip_average: bool = False) -> None:
         self.detector = detector
         self.embedder = embedder
+        self.refiner = refiner
+        #: Average the embeddings of the crop and its mirror image: about one TAR point for a
+        #: second embedder run (used for enrollment templates; optional at the door).
+        self.flip_average = flip_average
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle, threads: int = 2, runtime: str = "auto",
-                    ) -> FacePipeline:
-        """Load the bundle's detector and embedder on the chosen TFLite runtime."""
+                    refine: bool = True) -> FacePipeline:
+        """Load the bundle's models on the chosen TFLite runtime (FaceMesh when ``refine``)."""
         detector = YuNetDetector(
             load_interpreter(bundle.path("detector"), threads, runtime),
             yunet_output_tensors(bundle.entry("detector")))
         embedder = SFaceEmbedder(load_interpreter(bundle.path("embedder"), threads, runtime))
-        return cls(detector, embedder)
+        refiner = (FaceMeshRefiner(load_interpreter(bundle.path("face_mesh"), threads, runtime))
+                   if refine else None)
+        return cls(detector, embedder, refiner)
 
     def read(self, image: np.ndarray) -> FaceReading:
         """Detect, align and embed the main face of a BGR frame."""
@@ -61,9 +78,28 @@ class FacePipeline:
         if not faces:
             return FaceReading(faces=[], subject=None, embedding=None, timings_ms=timings)
         subject = _largest(faces)
-        crop = align_face(image, subject.landmarks)
+        points, mesh = subject.landmarks, None
+        if self.refiner is not None:
+            mesh = self.refiner.refine(image, subject)
+            if mesh.presence >= self.MIN_MESH_PRESENCE:
+                points = mesh.five_points()
+            else:
+                mesh = None
+            t_mesh = time.perf_counter()
+            timings["landmarks"] = (t_mesh - t1) * 1000
+            t1 = t_mesh
+        crop = align_face(image, points)
         t2 = time.perf_counter()
         timings["align"] = (t2 - t1) * 1000
-        embedding = self.embedder.embed(crop)
+        embedding = self.embed_crop(crop)
         timings["embed"] = (time.perf_counter() - t2) * 1000
-        return FaceReading(faces=faces, subject=subject, embedding=embedding, timings_ms=timings)
+        return FaceReading(faces=faces, subject=subject, embedding=embedding, timings_ms=timings,
+                           mesh=mesh, points=points, crop=crop)
+
+    def embed_crop(self, crop: np.ndarray) -> np.ndarray:
+        """Unit embedding of an aligned crop (flip-averaged when configured)."""
+        embedding = self.embedder.embed(crop)
+        if self.flip_average:
+            embedding = embedding + self.embedder.embed(np.ascontiguousarray(crop[:, ::-1]))
+            embedding /= np.linalg.norm(embedding)
+        return embedding
