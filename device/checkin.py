@@ -11,10 +11,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from device.capture import Frame, FrameSource
+from device.card import read_card
 from device.config import GateIdentity
 from device.gate.door import DoorSignal
 from device.infer.pipeline import FacePipeline
+from device.infer.quality import QualityConfig, assess
 from device.outbox import Outbox
 from device.roster import Roster
 from gerbang import wire
@@ -32,46 +36,96 @@ class Decision:
     score: float | None
     latency_ms: float
     frame_ref: str | None
+    card_id: str | None = None
+    mode: str | None = None
+
+
+@dataclass(frozen=True)
+class MatchPolicy:
+    """How faces are matched: the threshold for the gallery's score kind and whether a card is
+    required."""
+
+    threshold: float
+    require_card: bool = False
 
 
 class CheckinLoop:
-    """Judges frames against the room roster, signals the door and records every decision."""
+    """Judges frames against the room roster, signals the door and records every decision.
 
-    def __init__(self, pipeline: FacePipeline, roster: Roster, threshold: float,
-                 door: DoorSignal, outbox: Outbox, identity: GateIdentity,
-                 on_recorded: Callable[[], None] | None = None) -> None:
+    With a card (QR read from the same frame): 1:1 against the card owner's template, plus a
+    duplicate check over the whole room: if the face matches someone else better (and above the
+    threshold), it is refused as ``duplicate_identity`` — the proxy case — not admitted. Without
+    a card: 1:N over the room unless the policy requires a card.
+    """
+
+    def __init__(self, pipeline: FacePipeline, roster: Roster, policy: MatchPolicy,
+                 quality: QualityConfig, door: DoorSignal, outbox: Outbox,
+                 identity: GateIdentity, on_recorded: Callable[[], None] | None = None,
+                 read_cards: bool = True) -> None:
         self.pipeline = pipeline
         self.roster = roster
         self.gallery = roster.gallery()
-        self.threshold = threshold
+        self.index = {applicant: i for i, applicant in enumerate(self.gallery.ids)}
+        self.policy = policy
+        self.quality = quality
         self.door = door
         self.outbox = outbox
         self.identity = identity
         self.on_recorded = on_recorded or (lambda: None)
+        self.read_cards = read_cards
         self.counts = {"accepted": 0, "refused": 0, "no_face": 0}
 
     def decide(self, frame: Frame) -> Decision | None:
-        """Judge one frame; None when a live camera simply sees nobody."""
+        """Judge one frame."""
         try:
+            card = read_card(frame.image) if self.read_cards else None
             reading = self.pipeline.read(frame.image)
         except Exception:  # a corrupt frame or runtime fault must not take the gate down
             log.exception("frame %s: inference failed; refusing", frame.index)
-            return self._decision(frame, "refused", "bad_frame", None, None)
-        if reading.subject is None or reading.embedding is None:
-            return self._decision(frame, "no_face", "no_face", None, None)
-        match = self.gallery.best(reading.embedding)
-        if match is None:
-            return self._decision(frame, "refused", "not_on_roster", None, None)
-        if match.score >= self.threshold:
-            return self._decision(frame, "accepted", None, self.gallery.ids[match.index],
-                                  match.score)
-        return self._decision(frame, "refused", "no_match", None, match.score)
+            return self._decision(frame, "refused", "bad_frame")
+        card_id = card.applicant_id if card else None
+        _, problem = assess(reading, frame.image.shape, self.quality)
+        if problem == "no_face":
+            return self._decision(frame, "no_face", "no_face", card_id=card_id)
+        if problem:
+            return self._decision(frame, "refused", problem, card_id=card_id)
+        assert reading.embedding is not None
+        scores = self.gallery.scores(reading.embedding)
+        threshold = self.policy.threshold
+        best = int(np.argmax(scores)) if len(scores) else None
+        if card_id is not None:
+            claimed = self.index.get(card_id)
+            if claimed is None:
+                return self._decision(frame, "refused", "not_on_roster", card_id=card_id,
+                                      mode="1:1")
+            claim_score = float(scores[claimed])
+            if best != claimed and scores[best] >= threshold and scores[best] > claim_score:
+                log.warning("card %s shown by a face matching another roster entry better "
+                            "(%.3f vs %.3f): possible proxy", card_id, scores[best], claim_score)
+                return self._decision(frame, "refused", "duplicate_identity", score=claim_score,
+                                      card_id=card_id, mode="1:1")
+            if claim_score >= threshold:
+                return self._decision(frame, "accepted", None, card_id, claim_score,
+                                      card_id=card_id, mode="1:1")
+            return self._decision(frame, "refused", "no_match", score=claim_score,
+                                  card_id=card_id, mode="1:1")
+        if self.policy.require_card:
+            return self._decision(frame, "refused", "no_card")
+        if best is None:
+            return self._decision(frame, "refused", "not_on_roster", mode="1:N")
+        if scores[best] >= threshold:
+            return self._decision(frame, "accepted", None, self.gallery.ids[best],
+                                  float(scores[best]), mode="1:N")
+        return self._decision(frame, "refused", "no_match", score=float(scores[best]),
+                              mode="1:N")
 
     def _decision(self, frame: Frame, outcome: str, reason: str | None,
-                  applicant_id: str | None, score: float | None) -> Decision:
+                  applicant_id: str | None = None, score: float | None = None,
+                  card_id: str | None = None, mode: str | None = None) -> Decision:
         latency = (time.time() - frame.ts) * 1000
         return Decision(outcome, reason, applicant_id,
-                        None if score is None else round(score, 4), round(latency, 1), frame.ref)
+                        None if score is None else round(score, 4), round(latency, 1),
+                        frame.ref, card_id, mode)
 
     def record(self, decision: Decision) -> int:
         """Commit the decision to the outbox as a wire event; returns its seq."""
@@ -83,7 +137,8 @@ class CheckinLoop:
                 room=ident.room, session=ident.session, seq=seq, ts=wire.utc_now_iso(),
                 outcome=decision.outcome, reason=decision.reason,
                 applicant_id=decision.applicant_id, score=decision.score,
-                latency_ms=decision.latency_ms, frame_ref=decision.frame_ref)
+                latency_ms=decision.latency_ms, frame_ref=decision.frame_ref,
+                card_id=decision.card_id, mode=decision.mode)
             return wire.events_topic(ident.centre, ident.device_id), event.to_json()
 
         seq = self.outbox.append(build)
@@ -102,8 +157,9 @@ class CheckinLoop:
             self.door.refuse()
         self.counts[decision.outcome] += 1
         # No names or templates in logs: applicant ids only (the roster maps them to people).
-        log.info("seq=%d %s%s%s score=%s latency=%.0fms", seq, decision.outcome,
+        log.info("seq=%d %s%s%s%s score=%s latency=%.0fms", seq, decision.outcome,
                  f" applicant={decision.applicant_id}" if decision.applicant_id else "",
+                 f" card={decision.card_id}" if decision.card_id else "",
                  f" reason={decision.reason}" if decision.reason else "",
                  decision.score, decision.latency_ms)
         return decision

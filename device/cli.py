@@ -6,6 +6,7 @@ import argparse
 import faulthandler
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +42,86 @@ def _cmd_verify_models(args: argparse.Namespace) -> int:
     return verify_models(args.bundle)
 
 
+def _default_faces() -> Path | None:
+    root = Path(os.environ.get("GERBANG_DATA", "../shared/data")) / "faces" / "celeba"
+    return root if root.is_dir() else None
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from device.evaluation import evaluate
+    from device.infer.pipeline import FacePipeline
+    from device.infer.quality import QualityConfig
+
+    if args.calibrate and not args.enroll:
+        raise ConfigError("--calibrate needs --enroll K (thresholds come from the gate protocol)")
+    bundle = load_bundle(args.bundle)
+    pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
+    pipeline.flip_average = args.flip
+    report = evaluate(pipeline, args.folder, QualityConfig(), enroll=args.enroll,
+                      limit_people=args.limit_people, show_progress=not args.json)
+    if args.calibrate:
+        write_calibration(bundle.directory, report, args.folder)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def write_calibration(bundle_dir: Path, report: dict, folder: Path) -> None:
+    """Record the measured thresholds (per score kind and FAR) in the bundle's manifest."""
+    import datetime
+
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    thresholds, tars = {}, {}
+    for kind, rep in report["by_score"].items():
+        supported = {far: r for far, r in rep["tar_at_far"].items() if r["supported"]}
+        thresholds[kind] = {far: round(r["threshold"], 4) for far, r in supported.items()}
+        tars[kind] = {far: round(r["tar"], 4) for far, r in supported.items()}
+    manifest["calibration"] = {
+        "date": datetime.date.today().isoformat(),
+        "dataset": f"{folder.name} ({report['people']} people, {report['images']} images)",
+        "protocol": f"gate: templates from {report['enroll']} photos (flip-averaged), probes "
+                    "the rest through the default quality gate",
+        "fta": round(report["fta"], 4), "thresholds": thresholds, "tar": tars,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("calibration written to %s: %s", manifest_path, thresholds)
+
+
+def format_report(report: dict) -> str:
+    """The eval report as a few readable lines."""
+    lines = [f"{report['dataset']}: {report['people']} people, {report['images']} images, "
+             f"protocol {report['protocol']}"]
+    if report["protocol"] == "gate":
+        lines.append(f"  enrolled {report['people_enrolled']} (failed {report['failures_to_enrol']}"
+                     f"), probes {report['probes']}, FTA {report['fta']:.2%} "
+                     f"{report['fta_reasons']}, scores {report['score']}")
+    else:
+        lines.append(f"  failures to detect {report['failures_to_detect']}")
+    lines.append(f"  pairs genuine {report['genuine_pairs']} impostor {report['impostor_pairs']}"
+                 f"  AUC {report['auc']:.5f}  EER {report['eer']:.4f}")
+    for far, r in report["tar_at_far"].items():
+        lines.append(f"  FAR {far}: TAR {r['tar']:.4f} at threshold {r['threshold']:.4f}"
+                     if r["supported"] else f"  FAR {far}: not measurable ({r['reason']})")
+    return "\n".join(lines)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from device.bench import run_bench, service_peak_rss_mb
+
+    faces = args.faces or _default_faces()
+    if faces is None:
+        raise ConfigError("no face images: pass --faces DIR (or set GERBANG_DATA)")
+    result = run_bench(load_bundle(args.bundle), faces, images=args.images,
+                       runtime=args.runtime)
+    if args.service_rss:
+        result.update(service_peak_rss_mb(faces))
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -60,6 +141,40 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--bundle", type=Path, default=None,
                         help="bundle directory (default: the one shipped in the package)")
     verify.set_defaults(func=_cmd_verify_models)
+
+    ev = sub.add_parser(
+        "eval", help="measure verification accuracy on a folder of <person>/<image>",
+        description="Run this device's pipeline on every photo and report AUC, EER and TAR at "
+                    "FAR 1e-2/1e-3/1e-4 with thresholds. Default protocol: every image against "
+                    "every other. --enroll K: the gate protocol (templates from K photos, the "
+                    "rest are probes through the quality gate; refusals reported as FTA).")
+    ev.add_argument("folder", type=Path, help="folder of <person>/<image> photos")
+    ev.add_argument("--enroll", type=int, default=None, metavar="K",
+                    help="gate protocol with K enrollment photos per person")
+    ev.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    ev.add_argument("--limit-people", type=int, default=None, help="use only the first N people")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--flip", action="store_true",
+                    help="flip-average probes too (match.flip_average)")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="write the measured thresholds into the bundle's manifest.json")
+    ev.add_argument("--bundle", type=Path, default=None, help="model bundle directory")
+    ev.set_defaults(func=_cmd_eval)
+
+    bench = sub.add_parser(
+        "bench", help="time every pipeline stage (p50/p95) at 1 and 2 threads",
+        description="Speed benchmark on real face images; prints JSON. Run it on the Pi "
+                    "itself for Pi figures.")
+    bench.add_argument("--faces", type=Path, default=None,
+                       help="folder of face images (default $GERBANG_DATA/faces/celeba)")
+    bench.add_argument("--images", type=int, default=200, help="how many images to time")
+    bench.add_argument("--runtime", default="auto",
+                       choices=("auto", "ai-edge-litert", "tflite-runtime"))
+    bench.add_argument("--service-rss", action="store_true",
+                       help="also run the real device service and report its peak RSS")
+    bench.add_argument("--json", action="store_true", help="compact JSON on one line")
+    bench.add_argument("--bundle", type=Path, default=None, help="model bundle directory")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

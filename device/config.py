@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.infer.quality import QualityConfig
 from gerbang import wire
 from gerbang.config import BrokerConfig, ConfigError, load_section, read_toml, require
 
@@ -83,17 +84,26 @@ class ModelConfig:
 
 @dataclass
 class MatchConfig:
-    """When a face counts as the roster applicant."""
+    """When a face counts as the applicant."""
 
-    #: Cosine similarity needed to accept. 0.46 is where this pipeline (YuNet 320 + SFace
-    #: dynamic-range) gives FAR 1e-4 per comparison on the shared celeba set (threshold 0.456,
-    #: TAR 0.76 one photo against one); a room of 30 then sees ~0.3% false accepts per stranger.
-    #: Provisional until per-FAR calibration with multi-photo templates lands.
-    threshold: float = 0.46
+    #: False match rate per comparison the gate is tuned for. The threshold comes from the model
+    #: bundle's calibration for this FAR (manifest ``calibration``), measured, not guessed.
+    #: Without a card (1:N over a room of N) a stranger's false-accept chance is about N × FAR.
+    target_far: float = 1e-4
+    #: Set only to override the calibrated threshold (its scale depends on the score kind:
+    #: cosine, or T-norm when the roster carries a session cohort).
+    threshold: float | None = None
+    #: True: no card, no entry (1:1 only). False: a face without a card is searched 1:N.
+    require_card: bool = False
+    #: Average the probe's embedding with its mirror image's (+~0.5 TAR point, +7 ms per frame).
+    flip_average: bool = False
     roster: Path | None = None  # default: <data_dir>/roster.json
 
     def __post_init__(self) -> None:
-        require(0.0 < self.threshold < 1.0, "threshold", f"must be in (0, 1), got {self.threshold}")
+        require(self.target_far in (1e-2, 1e-3, 1e-4), "target_far",
+                f"must be one of the calibrated rates 1e-2, 1e-3, 1e-4, got {self.target_far}")
+        require(self.threshold is None or -10 < self.threshold < 20, "threshold",
+                f"out of range: {self.threshold}")
 
 
 @dataclass
@@ -128,6 +138,7 @@ class DeviceConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     models: ModelConfig = field(default_factory=ModelConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     #: After a replay ends, how long to wait for the outbox to drain before exiting.
     drain_timeout_s: float = 30.0

@@ -32,7 +32,10 @@ class Sample:
 
     person: str
     path: Path
+    #: As the door computes it (the pipeline's own flip setting).
     embedding: np.ndarray | None
+    #: As enrollment computes it (always flip-averaged: templates are made once, offline).
+    enrol_embedding: np.ndarray | None
     #: Quality-gate reason code when the photo would be refused at a gate (``no_face`` included).
     refusal: str | None
 
@@ -59,11 +62,12 @@ def read_samples(pipeline: FacePipeline, people: dict[str, list[Path]],
     for person, path in items:
         image = read_image(path)
         if image is None:
-            samples.append(Sample(person, path, None, "unreadable"))
+            samples.append(Sample(person, path, None, None, "unreadable"))
             continue
         reading = pipeline.read(image)
         _, refusal = assess(reading, image.shape, quality)
-        samples.append(Sample(person, path, reading.embedding, refusal))
+        enrol = None if reading.crop is None else pipeline.embed_crop(reading.crop, flip=True)
+        samples.append(Sample(person, path, reading.embedding, enrol, refusal))
     return samples
 
 
@@ -88,7 +92,7 @@ def gate_report(samples: list[Sample], enroll: int) -> dict[str, Any]:
         if len(person_samples) <= enroll:
             continue  # nobody left to probe with
         enrol, rest = person_samples[:enroll], person_samples[enroll:]
-        vectors = [s.embedding for s in enrol if s.embedding is not None]
+        vectors = [s.enrol_embedding for s in enrol if s.enrol_embedding is not None]
         if not vectors:
             fte.append(person)
             continue

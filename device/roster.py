@@ -43,13 +43,16 @@ class Roster:
     room: str
     version: int
     entries: tuple[RosterEntry, ...]
+    #: Templates of the whole session (every room, no ids) used only to normalise scores
+    #: (T-norm, see device.infer.match); None when the session is too small to help.
+    cohort: np.ndarray | None = None
 
     def gallery(self) -> Gallery:
-        """Templates as a matrix for 1:N matching."""
+        """Templates as a matrix for matching, with the session cohort when there is one."""
         if not self.entries:
             return Gallery([], np.zeros((0, 128), dtype=np.float32))
         return Gallery([e.applicant_id for e in self.entries],
-                       np.stack([e.template for e in self.entries]))
+                       np.stack([e.template for e in self.entries]), cohort=self.cohort)
 
     def by_id(self) -> dict[str, RosterEntry]:
         """Entries keyed by applicant id."""
@@ -57,14 +60,19 @@ class Roster:
 
     def to_dict(self) -> dict[str, Any]:
         """Serialisable form; templates as base64 little-endian float32."""
-        return {
+        data = {
             "format": ROSTER_FORMAT, "session": self.session, "room": self.room,
             "version": self.version,
             "entries": [{"applicant_id": e.applicant_id, "name": e.name,
-                         "template": base64.b64encode(
-                             np.asarray(e.template, "<f4").tobytes()).decode()}
-                        for e in self.entries],
+                         "template": _b64(e.template)} for e in self.entries],
         }
+        if self.cohort is not None:
+            data["cohort"] = {"rows": int(self.cohort.shape[0]), "data": _b64(self.cohort)}
+        return data
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(array, "<f4").tobytes()).decode()
 
 
 def roster_from_dict(data: dict[str, Any]) -> Roster:
@@ -86,9 +94,18 @@ def roster_from_dict(data: dict[str, Any]) -> Roster:
     ids = [e.applicant_id for e in entries]
     if len(set(ids)) != len(ids):
         raise RosterError("roster lists an applicant id twice")
+    cohort = None
+    if data.get("cohort"):
+        try:
+            flat = np.frombuffer(base64.b64decode(data["cohort"]["data"]), dtype="<f4")
+            cohort = flat.reshape(int(data["cohort"]["rows"]), -1).copy()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RosterError(f"roster cohort: {exc!r}") from None
+        if dims and cohort.shape[1] not in dims:
+            raise RosterError(f"roster cohort has {cohort.shape[1]}-D rows, templates {dims}")
     try:
         return Roster(session=str(data["session"]), room=str(data["room"]),
-                      version=int(data["version"]), entries=tuple(entries))
+                      version=int(data["version"]), entries=tuple(entries), cohort=cohort)
     except KeyError as exc:
         raise RosterError(f"roster field {exc.args[0]} is missing") from None
 

@@ -8,11 +8,11 @@ import threading
 from typing import Any
 
 from device.capture.replay import ReplaySource
-from device.checkin import CheckinLoop
+from device.checkin import CheckinLoop, MatchPolicy
 from device.config import DeviceConfig
 from device.gate.door import DoorSignal
 from device.gate.pins import use_pin_factory
-from device.infer.bundle import load_bundle
+from device.infer.bundle import calibrated_threshold, load_bundle
 from device.infer.pipeline import FacePipeline
 from device.outbox import Outbox
 from device.roster import load_roster
@@ -36,9 +36,15 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         log.warning("roster is for session %s room %s but this gate is session %s room %s",
                     roster.session, roster.room, ident.session, ident.room)
     pipeline = FacePipeline.from_bundle(bundle, config.models.threads, config.models.runtime)
-    log.info("models verified and loaded (%s); roster v%d with %d applicants",
+    pipeline.flip_average = config.match.flip_average
+    gallery = roster.gallery()
+    threshold = (config.match.threshold if config.match.threshold is not None else
+                 calibrated_threshold(bundle, gallery.score_kind, config.match.target_far))
+    log.info("models verified and loaded (%s); roster v%d with %d applicants; %s scores, "
+             "threshold %.3f (FAR %g)%s",
              ", ".join(f"{k}={v[:12]}" for k, v in bundle.hashes().items()),
-             roster.version, len(roster.entries))
+             roster.version, len(roster.entries), gallery.score_kind, threshold,
+             config.match.target_far, "" if config.match.threshold is None else " [override]")
 
     use_pin_factory(config.gpio.pin_factory)
     door = DoorSignal(config.gpio.relay_pin, config.gpio.green_pin, config.gpio.red_pin,
@@ -55,8 +61,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
 
-    loop = CheckinLoop(pipeline, roster, config.match.threshold, door, outbox, ident,
-                       on_recorded=uplink.notify)
+    loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
+                       config.quality, door, outbox, ident, on_recorded=uplink.notify)
     source = ReplaySource(config.capture.path, fps=config.capture.fps, loop=config.capture.loop)
     try:
         loop.run(source, should_stop=stop.is_set)

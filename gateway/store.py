@@ -20,7 +20,7 @@ import sqlite_utils
 from gerbang.wire import CheckinEvent
 
 EVENT_COLUMNS = ("event_id", "device_id", "centre", "room", "session", "seq", "ts", "outcome",
-                 "reason", "applicant_id", "score", "latency_ms", "frame_ref")
+                 "reason", "applicant_id", "score", "latency_ms", "frame_ref", "card_id", "mode")
 
 
 class Store:
@@ -36,7 +36,8 @@ class Store:
             db["events"].create({
                 "event_id": str, "device_id": str, "centre": str, "room": str, "session": str,
                 "seq": int, "ts": str, "outcome": str, "reason": str, "applicant_id": str,
-                "score": float, "latency_ms": float, "frame_ref": str, "received_at": float,
+                "score": float, "latency_ms": float, "frame_ref": str, "card_id": str,
+                "mode": str, "received_at": float,
             }, pk="event_id", not_null={"device_id", "room", "session", "seq", "outcome"})
             db["events"].create_index(["session", "room"])
             db["events"].create_index(["device_id", "seq"])

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from gerbang.broker import free_port, start_local_broker
 from gerbang.logs import setup_logging
 
@@ -45,6 +47,8 @@ class Visit:
     image: Path
     person: str
     enrolled: bool
+    #: Applicant id on the card shown with the face (None: no card, the gate searches 1:N).
+    card: str | None = None
 
 
 @dataclass
@@ -67,7 +71,8 @@ def make_plan(people: dict[str, list[Path]], n_people: int, seed: int = 7) -> Pl
     """Choose people, split them into enrolled (3 in 4) and strangers, assign rooms and images.
 
     Enrolled people use their first photo for enrollment and up to two others at the gate;
-    strangers show up to two photos at a random gate and must be refused.
+    strangers show up to two photos at a random gate and must be refused. Every other visit
+    shows a participant card: enrolled people their own, strangers someone else's (a proxy).
     """
     rng = random.Random(seed)
     names = sorted(p for p, imgs in people.items() if len(imgs) >= 2)
@@ -80,23 +85,39 @@ def make_plan(people: dict[str, list[Path]], n_people: int, seed: int = 7) -> Pl
         room = ROOMS[i % len(ROOMS)]
         photos = people[person]
         plan.rosters[room][person] = [photos[0]]
-        for image in photos[1:3]:
-            plan.visits.append(Visit(room, image, person, True))
+        for n, image in enumerate(photos[1:3]):
+            plan.visits.append(Visit(room, image, person, True, person if n == 0 else None))
     for person in sorted(strangers):
-        for image in people[person][:2]:
-            plan.visits.append(Visit(rng.choice(ROOMS), image, person, False))
+        for n, image in enumerate(people[person][:2]):
+            room = rng.choice(ROOMS)
+            victim = rng.choice(sorted(plan.rosters[room])) if n == 0 and plan.rosters[room] \
+                else None
+            plan.visits.append(Visit(room, image, person, False, victim))
     rng.shuffle(plan.visits)
     return plan
 
 
 def _stage_frames(plan: Plan, gate_dir: Path, room: str) -> dict[str, Visit]:
-    """Symlink the gate's images as ``0001.jpg``… in visiting order; returns ref → visit."""
+    """The gate's frames as ``0001.jpg``… in visiting order; returns ref → visit.
+
+    A visit without a card is the photo itself (symlinked); with a card, the photo beside the
+    rendered participant card, as the camera would see someone holding it up.
+    """
+    from device.capture.replay import read_image
+    from device.card import present_with_card, render_card
+
     frames = gate_dir / "frames"
     frames.mkdir(parents=True, exist_ok=True)
     truth = {}
     for n, visit in enumerate(v for v in plan.visits if v.gate == room):
-        ref = f"{n:04d}{visit.image.suffix.lower()}"
-        (frames / ref).symlink_to(visit.image.resolve())
+        image = read_image(visit.image) if visit.card else None
+        if image is None:
+            ref = f"{n:04d}{visit.image.suffix.lower()}"
+            (frames / ref).symlink_to(visit.image.resolve())
+        else:
+            ref = f"{n:04d}.png"
+            card = render_card(visit.card, session=SESSION, room=room)
+            cv2.imwrite(str(frames / ref), present_with_card(image, card))
         truth[ref] = visit
     return truth
 
@@ -148,11 +169,14 @@ def _wait_http(url: str, timeout: float = 30) -> None:
 def _score(truth: dict[str, Visit], events: list[dict[str, Any]]) -> dict[str, int]:
     """Compare stored events with the ground truth of what each gate was shown."""
     result = {"true_accepts": 0, "false_accepts": 0, "false_rejects": 0, "true_rejects": 0,
-              "no_face": 0}
+              "no_face": 0, "proxy_attempts": 0, "proxies_refused": 0}
     for event in events:
         visit = truth.get(f"{event['room']}/{event['frame_ref']}")
         if visit is None:
             continue
+        if visit.card is not None and visit.card != visit.person:
+            result["proxy_attempts"] += 1
+            result["proxies_refused"] += event["outcome"] != "accepted"
         if event["outcome"] == "no_face":
             result["no_face"] += 1
         elif event["outcome"] == "accepted":

@@ -31,8 +31,15 @@ TOPIC_ROOT = "gerbang/v1"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 OUTCOMES = ("accepted", "refused", "no_face")
-#: Why a check-in was refused (``reason``); ``None`` for accepted.
-REASONS = ("no_match", "no_face", "not_on_roster", "bad_frame")
+#: Why a check-in was refused (``reason``); ``None`` for accepted. The quality-gate reasons tell
+#: the applicant what to fix; ``duplicate_identity`` means the face matched another roster
+#: entry better than the card's owner (a possible proxy, flagged for the proctor).
+QUALITY_REASONS = ("multiple_faces", "face_cut_off", "face_too_small", "off_frontal",
+                   "too_dark", "overexposed", "blurred")
+REASONS = ("no_match", "no_face", "not_on_roster", "bad_frame", "no_card",
+           "duplicate_identity", *QUALITY_REASONS)
+#: ``1:1`` when a card was read and only its owner's template was compared; ``1:N`` otherwise.
+MODES = ("1:1", "1:N")
 
 MAX_PAYLOAD_BYTES = 16 * 1024  # an event is ~400 bytes; anything far larger is hostile or broken
 
@@ -119,6 +126,9 @@ class CheckinEvent:
     score: float | None = None
     latency_ms: float | None = None
     frame_ref: str | None = None
+    #: Applicant id read from the participant card's QR, if one was shown.
+    card_id: str | None = None
+    mode: str | None = None
     kind: str = "checkin"
     schema: int = field(default=SCHEMA_VERSION)
 
@@ -144,6 +154,8 @@ _EVENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "score": ((float, int, type(None)), False),
     "latency_ms": ((float, int, type(None)), False),
     "frame_ref": ((str, type(None)), False),
+    "card_id": ((str, type(None)), False),
+    "mode": ((str, type(None)), False),
 }
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_TEXT = 256
@@ -201,6 +213,10 @@ def parse_event(payload: bytes | str) -> CheckinEvent:
         raise WireError(f"outcome: expected one of {OUTCOMES}, got {data['outcome']!r}")
     if data.get("reason") is not None and data["reason"] not in REASONS:
         raise WireError(f"reason: expected one of {REASONS}, got {data['reason']!r}")
+    if data.get("mode") is not None and data["mode"] not in MODES:
+        raise WireError(f"mode: expected one of {MODES}, got {data['mode']!r}")
+    if data.get("card_id") is not None:
+        _check_id("card_id", data["card_id"])
     if data["outcome"] == "accepted" and not data.get("applicant_id"):
         raise WireError("applicant_id: required when outcome is 'accepted'")
     try:

@@ -770,6 +770,18 @@ def build(out: Path, work: Path, pins: dict[str, str]) -> dict[str, Any]:
         "licence_files": licence_files,
         "models": models,
     }
+    # The calibration (thresholds per FAR, written by `gerbang-device eval --calibrate`) belongs
+    # to these exact models: keep it only if no model file changed.
+    previous = out / "manifest.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        same = {r: m["sha256"] for r, m in old.get("models", {}).items()} == {
+            r: m["sha256"] for r, m in models.items()}
+        if same and "calibration" in old:
+            manifest["calibration"] = old["calibration"]
+        elif "calibration" in old:
+            log("models changed: the old calibration is dropped; re-run "
+                "`gerbang-device eval DIR --enroll 3 --calibrate`")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 

@@ -19,7 +19,7 @@ BUILD_SCRIPT = Path(__file__).with_name("build_models.py")
 
 
 def _cmd_roster(args: argparse.Namespace) -> int:
-    from device.infer.bundle import load_bundle
+    from device.infer.bundle import calibrated_threshold, load_bundle
     from device.infer.pipeline import FacePipeline
     from device.roster import save_roster
     from provisioning.enroll import build_roster, face_folders
@@ -28,18 +28,48 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     if not applicants:
         log.error("no <applicant>/<photo> folders with images under %s", args.photos_dir)
         return 2
-    pipeline = FacePipeline.from_bundle(load_bundle(args.bundle), threads=args.threads)
-    roster, report = build_roster(pipeline, applicants, args.session, args.room, args.version)
+    bundle = load_bundle(args.bundle)
+    pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
+    roster, report = build_roster(pipeline, applicants, args.session, args.room, args.version,
+                                  duplicate_threshold=calibrated_threshold(bundle, "cosine", 1e-4))
     save_roster(roster, args.out)
     for applicant, photo, why in report.rejected_photos:
         print(f"photo rejected  {applicant:>16s}  {Path(photo).name}: {why}", file=sys.stderr)
     for applicant in report.failed:
         print(f"NOT ENROLLED    {applicant:>16s}  no usable photo: ask for new photos",
               file=sys.stderr)
+    for first, second, score in report.duplicates:
+        print(f"SAME FACE?      {first} and {second} (similarity {score:.3f}): check both "
+              "registrations before the exam", file=sys.stderr)
     print(json.dumps({"roster": str(args.out), "session": args.session, "room": args.room,
                       "enrolled": len(report.enrolled), "failed": len(report.failed),
-                      "rejected_photos": len(report.rejected_photos)}))
-    return 0 if not report.failed else 1
+                      "rejected_photos": len(report.rejected_photos),
+                      "duplicates": report.duplicates}))
+    return 0 if not (report.failed or report.duplicates) else 1
+
+
+def _cmd_cohort(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from device.infer.match import MIN_COHORT
+    from device.roster import load_roster, save_roster
+
+    rosters = {path: load_roster(path) for path in args.rosters}
+    sessions = {r.session for r in rosters.values()}
+    if len(sessions) != 1:
+        log.error("rosters belong to different sessions %s; a cohort is one session", sessions)
+        return 2
+    cohort = np.stack([e.template for r in rosters.values() for e in r.entries])
+    if len(cohort) < MIN_COHORT:
+        log.warning("only %d applicants in the session: below %d the gates keep plain cosine "
+                    "scores (cohort statistics would be too noisy)", len(cohort), MIN_COHORT)
+    for path, roster in rosters.items():
+        save_roster(replace(roster, cohort=cohort, version=roster.version + 1), path)
+    print(json.dumps({"session": sessions.pop(), "cohort": len(cohort),
+                      "rosters": [str(p) for p in rosters]}))
+    return 0
 
 
 def _cmd_models_verify(args: argparse.Namespace) -> int:
@@ -92,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     roster.add_argument("--bundle", type=Path, help="model bundle dir (default: shipped one)")
     roster.add_argument("--threads", type=int, default=2, help="CPU threads for the models")
     roster.set_defaults(func=_cmd_roster)
+
+    cohort = sub.add_parser(
+        "cohort", help="give a session's room rosters the session-wide score cohort",
+        description="Adds every applicant template of the session (all rooms given) to each "
+                    "room roster as its cohort, and bumps each roster's version. Gates then "
+                    "normalise scores against it (T-norm), which is stricter on faces that "
+                    "resemble many people. Needs at least 100 applicants in the session.")
+    cohort.add_argument("rosters", type=Path, nargs="+", help="the session's room roster files")
+    cohort.set_defaults(func=_cmd_cohort)
 
     models = sub.add_parser("models", help="check or rebuild the face-model bundle",
                             description="The model bundle is what the gates run; every file is "

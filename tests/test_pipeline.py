@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from device.capture.replay import read_image
-from device.config import MatchConfig
+from device.infer.bundle import calibrated_threshold, load_bundle
 from device.infer.align import TEMPLATE_112, similarity_transform
 
 
@@ -45,7 +45,7 @@ def test_same_person_scores_above_threshold_strangers_below(pipeline, faces_root
     folder = faces_root / dataset
     people = sorted(p.name for p in folder.iterdir() if p.is_dir())[:12]
     emb = _embeddings(pipeline, folder, people, per_person=4)
-    threshold = MatchConfig().threshold
+    threshold = calibrated_threshold(load_bundle(), "cosine", 1e-4)
     genuine = [float(a @ b) for vs in emb.values() for i, a in enumerate(vs) for b in vs[i + 1:]]
     impostor = [float(emb[p][0] @ emb[q][0]) for i, p in enumerate(people)
                 for q in people[i + 1:] if emb[p] and emb[q]]

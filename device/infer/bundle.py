@@ -80,3 +80,19 @@ def load_bundle(directory: Path | None = None) -> ModelBundle:
                 f"model file {path} ({role}) does not match its manifest: sha256 {actual[:16]}… "
                 f"expected {entry['sha256'][:16]}…; refusing to start with an altered model")
     return ModelBundle(directory=directory, manifest=manifest)
+
+
+def calibrated_threshold(bundle: ModelBundle, score_kind: str, far: float) -> float:
+    """The threshold the bundle's calibration measured for ``score_kind`` at ``far``.
+
+    Raises ModelBundleError when the bundle was never calibrated for it, naming the fix.
+    """
+    from device.metrics import far_key
+
+    try:
+        return float(bundle.manifest["calibration"]["thresholds"][score_kind][far_key(far)])
+    except (KeyError, TypeError):
+        raise ModelBundleError(
+            f"model bundle {bundle.directory} has no calibrated {score_kind} threshold for FAR "
+            f"{far:g}; run `gerbang-device eval DIR --enroll 3 --calibrate` or set "
+            "match.threshold") from None

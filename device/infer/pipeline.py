@@ -96,10 +96,10 @@ class FacePipeline:
         return FaceReading(faces=faces, subject=subject, embedding=embedding, timings_ms=timings,
                            mesh=mesh, points=points, crop=crop)
 
-    def embed_crop(self, crop: np.ndarray) -> np.ndarray:
-        """Unit embedding of an aligned crop (flip-averaged when configured)."""
+    def embed_crop(self, crop: np.ndarray, flip: bool | None = None) -> np.ndarray:
+        """Unit embedding of an aligned crop, flip-averaged if ``flip`` (default: configured)."""
         embedding = self.embedder.embed(crop)
-        if self.flip_average:
+        if self.flip_average if flip is None else flip:
             embedding = embedding + self.embedder.embed(np.ascontiguousarray(crop[:, ::-1]))
             embedding /= np.linalg.norm(embedding)
         return embedding

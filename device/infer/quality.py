@@ -2,7 +2,8 @@
 
 A poor capture is the main cause of false rejects, and a door that says "move closer" or "look at
 the camera" fixes it in a second. Each check returns a reason code the applicant screen turns into
-a prompt; the thresholds live in config (``[quality]``) with defaults justified below.
+a prompt (codes: ``gerbang.wire.QUALITY_REASONS``, checked in that order); the thresholds live in
+config (``[quality]``) with defaults justified below.
 """
 
 from __future__ import annotations
@@ -15,10 +16,6 @@ import numpy as np
 from device.infer.detect import Face
 from device.infer.landmarks import Mesh
 from device.infer.pipeline import FaceReading
-
-#: Reason codes, in the order they are checked (the first failing one is shown).
-QUALITY_REASONS = ("no_face", "multiple_faces", "face_cut_off", "face_too_small", "off_frontal",
-                   "too_dark", "overexposed", "blurred")
 
 
 @dataclass
@@ -34,8 +31,9 @@ class QualityConfig:
     #: falls to 0.57 below (the 112-px crop then invents more than half its detail). A door
     #: camera at arm's length gives 60+ px, so this only trips on someone far away.
     min_inter_eye_px: float = 12.0
-    #: Head turn (yaw) limit, degrees: acceptance 0.90 at 35-40°, 0.76 at 40-50°.
-    max_yaw_deg: float = 40.0
+    #: Head turn (yaw) limit, degrees: acceptance 0.89-0.92 from 35° to 42°, 0.75 at 42-45°
+    #: and 0.67 beyond.
+    max_yaw_deg: float = 42.0
     #: Nod (pitch) limit, degrees: acceptance 0.91 at 25-30°, 0.58 at 30-40°.
     max_pitch_deg: float = 30.0
     #: Mean luminance (0..255) of the face's central region: below 45 or above 200 acceptance
@@ -48,8 +46,10 @@ class QualityConfig:
     #: A second face at least this fraction of the subject's area counts as another person at
     #: the camera (tailgating, a helper behind the applicant); smaller ones are the queue behind.
     second_face_area_ratio: float = 0.35
-    #: The face box may reach this fraction of its size past the frame edge before it is "cut".
-    edge_tolerance: float = 0.05
+    #: Eyes and mouth corners must lie at least this many eye-distances inside the frame: a
+    #: frontal face's outline reaches about half an eye-distance beyond its eyes, so closer
+    #: than a quarter means part of the face is outside the picture.
+    min_edge_margin: float = 0.25
 
     def __post_init__(self) -> None:
         from gerbang.config import require
@@ -61,7 +61,7 @@ class QualityConfig:
                 "must satisfy 0 <= min_brightness < max_brightness <= 255")
         require(self.min_sharpness >= 0, "min_sharpness", "must be >= 0")
         require(0 < self.second_face_area_ratio <= 1, "second_face_area_ratio", "must be (0, 1]")
-        require(0 <= self.edge_tolerance < 1, "edge_tolerance", "must be in [0, 1)")
+        require(0 <= self.min_edge_margin < 5, "min_edge_margin", "must be in [0, 5)")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ class QualityMeasures:
     brightness: float
     sharpness: float
     other_faces: int
+    #: Smallest distance from a landmark to the frame edge, in eye-distances (< 0: outside).
+    edge_margin: float
 
 
 def _brightness_and_sharpness(aligned_bgr: np.ndarray) -> tuple[float, float]:
@@ -84,7 +86,8 @@ def _brightness_and_sharpness(aligned_bgr: np.ndarray) -> tuple[float, float]:
 
 
 def measure(faces: list[Face], subject: Face, points: np.ndarray, aligned_bgr: np.ndarray,
-            mesh: Mesh | None, config: QualityConfig) -> QualityMeasures:
+            mesh: Mesh | None, frame_shape: tuple[int, ...], config: QualityConfig,
+            ) -> QualityMeasures:
     """Measure the subject's face in its frame."""
     area = subject.box[2] * subject.box[3]
     others = sum(1 for f in faces if f is not subject
@@ -93,20 +96,20 @@ def measure(faces: list[Face], subject: Face, points: np.ndarray, aligned_bgr: n
     if mesh is not None:
         yaw, pitch, _ = mesh.pose_deg()
     brightness, sharpness = _brightness_and_sharpness(aligned_bgr)
-    return QualityMeasures(inter_eye_px=float(np.linalg.norm(points[0] - points[1])),
-                           yaw_deg=yaw, pitch_deg=pitch, brightness=brightness,
-                           sharpness=sharpness, other_faces=others)
+    inter_eye = float(np.linalg.norm(points[0] - points[1]))
+    height, width = frame_shape[:2]
+    inside = np.minimum(np.minimum(points[:, 0], width - points[:, 0]),
+                        np.minimum(points[:, 1], height - points[:, 1]))
+    return QualityMeasures(inter_eye_px=inter_eye, yaw_deg=yaw, pitch_deg=pitch,
+                           brightness=brightness, sharpness=sharpness, other_faces=others,
+                           edge_margin=float(inside.min()) / max(inter_eye, 1e-6))
 
 
-def judge(m: QualityMeasures, subject: Face, frame_shape: tuple[int, ...],
-          config: QualityConfig) -> str | None:
+def judge(m: QualityMeasures, config: QualityConfig) -> str | None:
     """The first failing reason code, or None when the face is good enough to match."""
     if m.other_faces:
         return "multiple_faces"
-    x, y, w, h = subject.box
-    tol_x, tol_y = config.edge_tolerance * w, config.edge_tolerance * h
-    height, width = frame_shape[:2]
-    if x < -tol_x or y < -tol_y or x + w > width + tol_x or y + h > height + tol_y:
+    if m.edge_margin < config.min_edge_margin:
         return "face_cut_off"
     if m.inter_eye_px < config.min_inter_eye_px:
         return "face_too_small"
@@ -128,5 +131,5 @@ def assess(reading: FaceReading, frame_shape: tuple[int, ...], config: QualityCo
     if reading.subject is None or reading.points is None or reading.crop is None:
         return None, "no_face"
     m = measure(reading.faces, reading.subject, reading.points, reading.crop, reading.mesh,
-                config)
-    return m, judge(m, reading.subject, frame_shape, config)
+                frame_shape, config)
+    return m, judge(m, config)
