@@ -8,6 +8,7 @@ embed, match over 50 / 1,000 / 100,000 templates, card QR read, and the whole pe
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from pathlib import Path
@@ -125,13 +126,12 @@ def service_peak_rss_mb(faces: Path, images: int = 100) -> dict[str, Any]:
                 f'data_dir = "{work}"\n[broker]\nport = {broker.port}\n'
                 f'protocol = {broker.protocol}\n[capture]\npath = "{frames}"\n'
                 f'[models]\nthreads = 1\n[gpio]\npin_factory = "mock"\n')
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             proc = subprocess.run([sys.executable, "-m", "device.cli", "run", "--config",
-                                   str(config)], capture_output=True, text=True, timeout=600)
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                                   str(config), "--json"], capture_output=True, text=True,
+                                  timeout=600)
         finally:
             broker.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"device service failed: {proc.stderr[-2000:]}")
-    return {"service_peak_rss_mb": round(max(peak, before) / 1024, 1), "frames": images,
-            "roster": 1000}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"service_peak_rss_mb": result["peak_rss_mb"], "frames": images, "roster": 1000}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 from device.capture.replay import ReplaySource
@@ -20,6 +21,21 @@ from device.uplink import Uplink
 from gerbang import __version__
 
 log = logging.getLogger(__name__)
+
+
+def peak_rss_mb() -> float | None:
+    """This process's resident-memory high-water mark (VmHWM), in MB; None off Linux.
+
+    Read from /proc because getrusage's ru_maxrss survives exec and would report the parent's
+    size for a process started with fork+exec.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -76,7 +92,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         source.close()
         uplink.stop()
         door.close()
-        result = {**loop.counts, "published": uplink.published, "outbox_depth": outbox.depth()}
+        result = {**loop.counts, "published": uplink.published, "outbox_depth": outbox.depth(),
+                  "peak_rss_mb": peak_rss_mb()}
         outbox.close()
     log.info("stopped: %s", result)
     return result

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from device.capture.replay import read_image
-from device.infer.bundle import calibrated_threshold, load_bundle
 from device.infer.align import TEMPLATE_112, similarity_transform
+from device.infer.bundle import calibrated_threshold, load_bundle
 
 
 def test_similarity_transform_recovers_a_known_warp():

@@ -87,6 +87,7 @@ def test_frames_without_faces_and_broken_files_are_reported_not_fatal(tmp_path, 
                            "--json"], capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result.pop("peak_rss_mb") > 50
     assert result == {"accepted": 0, "refused": 0, "no_face": 2, "published": 2,
                       "outbox_depth": 0}
     assert "cannot decode" in proc.stderr and "02-broken.jpg" in proc.stderr
