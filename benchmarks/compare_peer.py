@@ -15,7 +15,9 @@ the only differences between their numbers are the pipelines themselves:
   euclidean distance, so that higher means "same person" for both and one metric code applies.
 
 Time per image is taken with ``time.perf_counter`` around each pipeline's own work only (decode,
-detect, embed): model loading and one untimed warm-up image are excluded for both.
+detect, embed): model loading and one untimed warm-up image are excluded for both. The two
+pipelines take turns image by image, so background load on the machine hits both alike; the
+load average before and after is recorded with the result.
 
 Fairness: an image where a pipeline finds no face is a failure to enrol *for that pipeline*.
 Besides the usual "detected-only" report, TAR is also reported on an "all images" basis that is
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
@@ -199,17 +202,23 @@ class Run:
     seconds: list[float]
 
 
-def run_pipeline(embedder: Embedder, images: ImageSet) -> Run:
-    """Embed every image, timing only the pipeline's own call (decode + detect + embed)."""
-    embedder.embed(images.paths[0])  # untimed warm-up: first-call allocations are not per-image
-    embeddings: list[np.ndarray | None] = []
-    seconds: list[float] = []
-    for path in progress(images.paths, label=f"{images.name} {embedder.name}"):
-        start = time.perf_counter()
-        embedding = embedder.embed(path)
-        seconds.append(time.perf_counter() - start)
-        embeddings.append(embedding)
-    return Run(embeddings, seconds)
+def run_pipelines(embedders: list[Embedder], images: ImageSet) -> dict[str, Run]:
+    """Embed every image with every pipeline, timing only each pipeline's own call.
+
+    The pipelines take turns image by image, so load from anything else on the machine (a
+    2-core VM here) falls on both alike instead of on whichever happened to run second.
+    """
+    runs = {e.name: Run([], []) for e in embedders}
+    for embedder in embedders:  # untimed warm-up: first-call allocations are not per-image
+        embedder.embed(images.paths[0])
+    label = f"{images.name} ({' + '.join(e.name for e in embedders)})"
+    for path in progress(images.paths, label=label):
+        for embedder in embedders:
+            start = time.perf_counter()
+            embedding = embedder.embed(path)
+            runs[embedder.name].seconds.append(time.perf_counter() - start)
+            runs[embedder.name].embeddings.append(embedding)
+    return runs
 
 
 def split_pairs(scores: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +294,8 @@ def compare(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
 
 def benchmark_set(images: ImageSet, embedders: list[Embedder]) -> dict[str, Any]:
     """Run and score every pipeline on one image set."""
-    results = {e.name: score_run(e, run_pipeline(e, images), images.labels) for e in embedders}
+    runs = run_pipelines(embedders, images)
+    results = {e.name: score_run(e, runs[e.name], images.labels) for e in embedders}
     genuine = results[GERBANG]["report_all_images"]["genuine_pairs"]
     impostor = results[GERBANG]["report_all_images"]["impostor_pairs"]
     return {"path": str(images.root), "images": len(images.paths), "people": images.people,
@@ -369,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = [ImageSet.load(d, args.limit_people) for d in args.dirs]
     gerbang = GerbangEmbedder(args.threads)
     peer = PeerEmbedder()
+    load_before = os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
     for images in sets:
         key = images.name if images.name not in results else str(images.root)
@@ -376,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "threads": args.threads,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {platform.system()}",
+        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+        "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
         GERBANG: gerbang.describe(),
         PEER: peer.describe(),
         "sets": results,
