@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from device.infer.align import TEMPLATE_112
-from device.infer.detect import Face
+from device.infer.detect import Face, letterbox
 
 #: Half the mouth width as a fraction of the eye-to-eye vector, from the alignment template
 #: (29.2 px mouth width over 35.2 px eye distance → 0.414). Used to place mouth corners that
@@ -142,19 +142,9 @@ class BlazeFaceDetector:
         self.nms_iou = nms_iou
         self.weighted = weighted
 
-    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        # Same as YuNet's: scale the long side to the input, paste top-left, pad with black.
-        h, w = image.shape[:2]
-        scale = self.SIZE / max(h, w)
-        resized = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        canvas = np.zeros((self.SIZE, self.SIZE, 3), dtype=np.uint8)
-        canvas[: resized.shape[0], : resized.shape[1]] = resized
-        return canvas, scale
-
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in a BGR image, highest score first."""
-        canvas, scale = self._letterbox(image)
+        canvas, scale = letterbox(image, self.SIZE)
         rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).astype(np.float32) / 127.5 - 1.0
         self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(rgb[None]))
         self.interpreter.invoke()

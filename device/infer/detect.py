@@ -40,6 +40,21 @@ class Detector(Protocol):
         ...
 
 
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """The image scaled so its long side is ``size``, pasted top-left on a black square.
+
+    Returns the square and the scale; divide model coordinates by the scale to get back to
+    frame pixels. Keeping the aspect ratio matters: a squashed face shifts every landmark.
+    """
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    resized = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[: resized.shape[0], : resized.shape[1]] = resized
+    return canvas, scale
+
+
 def _output_index(details: list[dict[str, Any]], tensor: str) -> int:
     """Index of the output tensor called ``tensor`` (names come from the bundle manifest)."""
     for d in details:
@@ -87,18 +102,9 @@ class YuNetDetector:
         self.nms_iou = nms_iou
         self.top_k = top_k
 
-    def _letterbox(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        h, w = image.shape[:2]
-        scale = self.size / max(h, w)
-        resized = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                             interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        canvas = np.zeros((self.size, self.size, 3), dtype=np.uint8)
-        canvas[: resized.shape[0], : resized.shape[1]] = resized
-        return canvas, scale
-
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in a BGR image, highest score first."""
-        canvas, scale = self._letterbox(image)
+        canvas, scale = letterbox(image, self.size)
         tensor = canvas.astype(np.float32)[None]
         if self.nchw:
             tensor = tensor.transpose(0, 3, 1, 2)
