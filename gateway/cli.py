@@ -20,14 +20,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from gateway.config import load_gateway_config
     from gateway.ingest import Ingest
-    from gateway.store import Store
+    from gateway.store import open_store
     from gateway.web import create_app
 
     config = load_gateway_config(args.config, {
         "gateway": {"db": args.db, "http_host": args.http_host, "http_port": args.http_port},
         "broker": {"host": args.broker_host, "port": args.broker_port,
                    "protocol": args.mqtt_protocol}})
-    store = Store(config.gateway.db)
+    store = open_store(config.gateway.db)
     ingest = Ingest(store, config.broker, client_id=config.gateway.client_id,
                     centre=config.gateway.centre)
     ingest.start()
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run ingest and dashboard in the foreground")
     run.add_argument("--config", type=Path, help="gateway TOML config (defaults otherwise)")
-    run.add_argument("--db", type=Path, help="SQLite database path")
+    run.add_argument("--db", help="SQLite database path or postgresql:// URL")
     run.add_argument("--http-host", help="dashboard bind address (default 127.0.0.1)")
     run.add_argument("--http-port", type=int, help="dashboard port (default 8080)")
     run.add_argument("--broker-host", help="MQTT broker host (default 127.0.0.1)")

@@ -13,7 +13,8 @@ from gerbang.config import BrokerConfig, load_section, read_toml, require
 class ServiceConfig:
     """Where the gateway keeps data and serves its pages."""
 
-    db: Path = Path("/var/lib/gerbang-gateway/attendance.sqlite")
+    #: A SQLite file path, or a ``postgresql://user@host/db`` URL for PostgreSQL.
+    db: str = "/var/lib/gerbang-gateway/attendance.sqlite"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     #: Centre id to ingest, or "+" for every centre on the broker.

@@ -192,7 +192,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from device.infer.bundle import load_bundle
     from device.infer.pipeline import FacePipeline
     from device.roster import save_roster
-    from gateway.store import Store
+    from gateway.store import open_store
     from provisioning.demo_faces import build_demo_faces
     from provisioning.enroll import build_roster, face_folders
 
@@ -281,7 +281,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         while _get_json(f"{base}/api/stats")["events"] < published and time.monotonic() < settle:
             time.sleep(0.2)
         stats = _get_json(f"{base}/api/stats")
-        events = Store(workdir / "gateway.sqlite").events()
+        events = open_store(workdir / "gateway.sqlite").events()
         summary = {
             "published": published, "stored": stats["events"],
             "accepted": sum(e["outcome"] == "accepted" for e in events),

@@ -40,3 +40,43 @@ def pipeline():
     from device.infer.pipeline import FacePipeline
 
     return FacePipeline.from_bundle(load_bundle(), threads=1)
+
+
+POSTGRES_URL = os.environ.get("GERBANG_TEST_POSTGRES",
+                              "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_available() -> str | None:
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'gerbang[gateway]')"
+    try:
+        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """An empty attendance store on each back-end (PostgreSQL: a fresh database per test)."""
+    from gateway.store import open_store
+
+    if request.param == "sqlite":
+        yield open_store(tmp_path / "gw.sqlite")
+        return
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    import uuid
+
+    import psycopg
+
+    name = f"gerbang_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield open_store(url)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -13,7 +13,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from device.outbox import Outbox
 from device.uplink import Uplink
 from gateway.ingest import Ingest
-from gateway.store import Store
 from gerbang import wire
 from gerbang.config import BrokerConfig
 
@@ -40,8 +39,7 @@ def event_builder(n: int, device: str = DEVICE):
 
 
 @pytest.fixture
-def gateway(tmp_path, mosquitto):
-    store = Store(tmp_path / "gw.sqlite")
+def gateway(store, mosquitto):
     ingest = Ingest(store, BrokerConfig(port=mosquitto.port))
     ingest.start()
     assert ingest.connected.wait(10), "gateway did not connect"
@@ -110,5 +108,5 @@ def test_hostile_payloads_are_rejected_counted_and_never_stored(mosquitto, gatew
     assert ingest.stats.rejected == len(bad_payloads)
     assert store.counts() == {"events": 1, "rejected": len(bad_payloads)}
     assert [r["event_id"] for r in store.events()] == [good["event_id"]]
-    reasons = [r["error"] for r in store.db["rejects"].rows]
+    reasons = [r["error"] for r in store.rejects()]
     assert any("seq" in r for r in reasons) and any("does not match topic" in r for r in reasons)

@@ -9,7 +9,6 @@ import time
 import httpx
 import uvicorn
 
-from gateway.store import Store
 from gateway.web import create_app
 from gerbang import wire
 from gerbang.broker import free_port
@@ -23,8 +22,7 @@ def event(seq, room="R01", outcome="accepted", applicant="A1"):
         reason=None if outcome == "accepted" else "no_match", score=0.6)
 
 
-def test_rooms_count_distinct_applicants_and_duplicates_change_nothing(tmp_path):
-    store = Store(tmp_path / "gw.sqlite")
+def test_rooms_count_distinct_applicants_and_duplicates_change_nothing(store):
     first = event(0)
     assert store.insert_events([first, event(1, applicant="A2"), event(2, outcome="refused"),
                                 event(3, room="R02")]) == 4
@@ -35,8 +33,7 @@ def test_rooms_count_distinct_applicants_and_duplicates_change_nothing(tmp_path)
     assert rooms["R02"]["present"] == 1
 
 
-def test_dashboard_embeds_data_and_stream_pushes_updates(tmp_path):
-    store = Store(tmp_path / "gw.sqlite")
+def test_dashboard_embeds_data_and_stream_pushes_updates(store):
     store.insert_events([event(0)])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(store, poll_s=0.1), port=port,
@@ -68,3 +65,14 @@ def test_dashboard_embeds_data_and_stream_pushes_updates(tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+
+
+def test_migrations_are_recorded_and_idempotent(store):
+    from gateway.store import MIGRATIONS
+
+    assert store.schema_version == MIGRATIONS[-1][0]
+    store._migrate()  # a second gateway worker starting: nothing to do, nothing breaks
+    assert store.schema_version == MIGRATIONS[-1][0]
+    store.record_status("c1-r01-a", "c1", {"state": "online", "firmware": "0.1.0"})
+    store.record_status("c1-r01-a", "c1", {"state": "offline"})
+    assert [(d["device_id"], d["state"]) for d in store.devices()] == [("c1-r01-a", "offline")]
