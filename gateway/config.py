@@ -20,6 +20,11 @@ class ServiceConfig:
     #: Centre id to ingest, or "+" for every centre on the broker.
     centre: str = "+"
     client_id: str = "gerbang-gateway"
+    #: Shared-subscription group for running several gateway workers on one stream (each needs
+    #: its own client_id); None = this gateway takes every event itself.
+    share_group: str | None = None
+    #: Serve the dashboard and API (False for pure ingest workers).
+    http: bool = True
 
     def __post_init__(self) -> None:
         require(0 < self.http_port < 65536, "http_port", f"must be 1..65535, got {self.http_port}")

@@ -43,10 +43,14 @@ class Ingest:
     """
 
     def __init__(self, store: Store, broker: BrokerConfig, client_id: str = "gerbang-gateway",
-                 centre: str = "+", batch_max: int = 500) -> None:
+                 centre: str = "+", batch_max: int = 500, share_group: str | None = None,
+                 ) -> None:
         self.store = store
         self.broker = broker
         self.centre = centre
+        #: With a group name, several gateway workers split the event stream between them
+        #: (MQTT shared subscription ``$share/{group}/…``): each event goes to one worker.
+        self.share_group = share_group
         self.batch_max = batch_max
         self.stats = IngestStats()
         self.changed = threading.Condition()  # notified after each commit (live dashboard)
@@ -64,8 +68,9 @@ class Ingest:
         if reason.is_failure:
             log.error("broker refused the gateway: %s", reason)
             return
-        client.subscribe(wire.subscription(self.centre, "events"), qos=1)
-        client.subscribe(wire.subscription(self.centre, "status"), qos=1)
+        prefix = f"$share/{self.share_group}/" if self.share_group else ""
+        client.subscribe(prefix + wire.subscription(self.centre, "events"), qos=1)
+        client.subscribe(prefix + wire.subscription(self.centre, "status"), qos=1)
         log.info("gateway subscribed at %s:%s", self.broker.host, self.broker.port)
         self.connected.set()
 
