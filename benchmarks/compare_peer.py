@@ -5,8 +5,8 @@ Usage::
     python benchmarks/compare_peer.py DIR [DIR ...] [--json] [--limit-people N] [--threads 1]
 
 Each ``DIR`` holds ``<person>/<image>`` files. Both pipelines see exactly the same image list in
-the same process, one after the other, and are scored by the same code (``device.metrics``), so
-the only differences between their numbers are the pipelines themselves:
+the same process, taking turns image by image, and are scored by the same code
+(``device.metrics``), so the only differences between their numbers are the pipelines themselves:
 
 * **Gerbang**: ``device.capture.replay.read_image`` → ``FacePipeline.read`` (YuNet, FaceMesh,
   SFace on TFLite); score = cosine of the unit embeddings.
@@ -15,9 +15,11 @@ the only differences between their numbers are the pipelines themselves:
   euclidean distance, so that higher means "same person" for both and one metric code applies.
 
 Time per image is taken with ``time.perf_counter`` around each pipeline's own work only (decode,
-detect, embed): model loading and one untimed warm-up image are excluded for both. The two
-pipelines take turns image by image, so background load on the machine hits both alike; the
-load average before and after is recorded with the result.
+detect, embed): model loading and one untimed warm-up image are excluded for both. Taking turns
+means background load on the machine hits both alike; the load average before and after is
+recorded with the result. ``--threads`` binds both: Gerbang's TFLite models and OpenCV, and the
+BLAS library a dlib build may link (dlib's own HOG detector is single-threaded). Whether dlib
+was built with a BLAS changes its speed several-fold and is recorded too.
 
 Fairness: an image where a pipeline finds no face is a failure to enrol *for that pipeline*.
 Besides the usual "detected-only" report, TAR is also reported on an "all images" basis that is
@@ -36,6 +38,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -104,7 +107,8 @@ class GerbangEmbedder:
 
     def describe(self) -> dict[str, Any]:
         """Bundle version and model hashes, so a result names the exact models it measured."""
-        return {"bundle_version": self.bundle.manifest.get("bundle_version"),
+        return {"revision": source_revision(),
+                "bundle_version": self.bundle.manifest.get("bundle_version"),
                 "models": {role: digest[:12] for role, digest in self.bundle.hashes().items()}}
 
 
@@ -139,8 +143,28 @@ class PeerEmbedder:
 
     @staticmethod
     def describe() -> dict[str, Any]:
-        """Versions of the peer's packages."""
-        return {p: _version(p) for p in ("face_recognition", "face_recognition_models", "dlib")}
+        """Versions of the peer's packages and whether dlib was built with an optimised BLAS."""
+        import dlib
+
+        versions = {p: _version(p) for p in ("face_recognition", "face_recognition_models", "dlib")}
+        return {**versions, "dlib_uses_blas": bool(getattr(dlib, "DLIB_USE_BLAS", False))}
+
+
+def source_revision() -> str | None:
+    """Git commit of the Gerbang tree measured, with ``-dirty`` when it has local changes.
+
+    Gerbang's pipeline code changes between runs; a result must say which code it measured.
+    """
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "device", "gerbang", "benchmarks"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
 
 
 def _version(package: str) -> str | None:
@@ -317,7 +341,11 @@ def _row(label: str, ours: str, peer: str, ratio: str) -> str:
 
 def render(result: dict[str, Any]) -> str:
     """The human table: one block per set, Gerbang | peer | ratio."""
-    lines: list[str] = []
+    peer = result.get(PEER, {})
+    blas = {True: "with BLAS", False: "built-in BLAS", None: "BLAS unknown"}
+    lines = [f"Gerbang {result.get(GERBANG, {}).get('revision')} vs face_recognition "
+             f"{peer.get('face_recognition')} (dlib {peer.get('dlib')}, "
+             f"{blas[peer.get('dlib_uses_blas')]}); {result.get('threads')} thread(s)", ""]
     for name, s in result["sets"].items():
         g, p = s["pipelines"][GERBANG], s["pipelines"][PEER]
         r = s["ratios"]
@@ -367,8 +395,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-people", type=int, default=None, metavar="N",
                         help="only the first N people (sorted) of each folder")
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for Gerbang's models and OpenCV (default 1; the peer "
-                             "as pip builds it uses one)")
+                        help="CPU threads for Gerbang's models and OpenCV and for the BLAS a "
+                             "dlib build links (default 1)")
     return parser.parse_args(argv)
 
 
@@ -376,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run both pipelines on every folder and print the table or the JSON object."""
     args = parse_args(argv)
     require_peer()
+    # Read by OpenBLAS / MKL / OpenMP when dlib loads them (at PeerEmbedder()), not before.
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(args.threads)
     sets = [ImageSet.load(d, args.limit_people) for d in args.dirs]
     gerbang = GerbangEmbedder(args.threads)
     peer = PeerEmbedder()

@@ -14,7 +14,6 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +91,7 @@ class Store:
     def insert_events(self, events: Iterable[CheckinEvent]) -> int:
         """Store events not seen before in one transaction; returns how many were new."""
         now = time.time()
-        rows = [(*(asdict(e)[c] for c in EVENT_COLUMNS), now) for e in events]
+        rows = [(*(getattr(e, c) for c in EVENT_COLUMNS), now) for e in events]
         if not rows:
             return 0
         return self._executemany(
