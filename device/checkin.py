@@ -164,9 +164,12 @@ class CheckinLoop:
                  decision.score, decision.latency_ms)
         return decision
 
-    def run(self, source: FrameSource, should_stop: Callable[[], bool]) -> None:
-        """Consume the source until it ends or ``should_stop()``."""
+    def run(self, source: FrameSource, should_stop: Callable[[], bool],
+            progressed: Callable[[], None] = lambda: None) -> None:
+        """Consume the source until it ends or ``should_stop()``; ``progressed`` after each
+        frame (the systemd watchdog is petted there, and only there)."""
         for frame in source.frames():
             if should_stop():
                 break
             self.handle(frame, report_no_face=source.one_frame_per_visit)
+            progressed()

@@ -19,6 +19,7 @@ from device.outbox import Outbox
 from device.roster import load_roster
 from device.uplink import Uplink
 from gerbang import __version__
+from gerbang.sdnotify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,10 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
     loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
                        config.quality, door, outbox, ident, on_recorded=uplink.notify)
     source = ReplaySource(config.capture.path, fps=config.capture.fps, loop=config.capture.loop)
+    systemd = SystemdNotifier()
+    systemd.ready(f"gate {ident.device_id} room {ident.room}: {len(roster.entries)} applicants")
     try:
-        loop.run(source, should_stop=stop.is_set)
+        loop.run(source, should_stop=stop.is_set, progressed=systemd.pet)
         if not stop.is_set():
             log.info("frame source ended; waiting up to %.0fs for the outbox to drain",
                      config.drain_timeout_s)
@@ -89,6 +92,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
                 log.warning("%d events still in the outbox; they will be sent on next start",
                             outbox.depth())
     finally:
+        systemd.stopping()
         source.close()
         uplink.stop()
         door.close()
