@@ -79,6 +79,14 @@ class Uplink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
                     properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            # MQTT 5 PUBACK >= 0x80 (e.g. "Not authorized": the broker's ACL refused the topic).
+            # Not delivered: the event stays in the outbox and is re-sent after a reconnect;
+            # outbox depth and this log line tell the technician the device is misconfigured.
+            with self._lock:
+                seq = self._inflight.pop(mid, None)
+            log.error("broker refused event seq=%s (%s); kept in the outbox", seq, reason)
+            return
         with self._lock:
             seq = self._inflight.pop(mid, None)
             if seq is None:
