@@ -56,13 +56,23 @@ class CaptureConfig:
     """Which camera back-end to read and how fast."""
 
     source: str = "replay"
+    #: replay: a folder, a .txt playlist or a video file.
     path: Path | None = None
+    #: v4l2: the camera device (``/dev/video0``).
+    device: str = "/dev/video0"
+    width: int = 1280
+    height: int = 720
     fps: float = 0.0
     loop: bool = False
+    #: A live camera returning the same picture this long is reported frozen and reopened.
+    freeze_s: float = 5.0
 
     def __post_init__(self) -> None:
-        require(self.source in ("replay",), "source",
-                f"{self.source!r} is not available (supported: replay)")
+        require(self.source in ("replay", "picamera2", "v4l2"), "source",
+                f"{self.source!r} is not a camera back-end (replay, picamera2, v4l2)")
+        require(160 <= self.width <= 4096 and 120 <= self.height <= 3072, "width",
+                f"frame size {self.width}x{self.height} is out of range")
+        require(0.5 <= self.freeze_s <= 120, "freeze_s", "must be 0.5..120 seconds")
         require(self.source != "replay" or self.path is not None, "path",
                 "required for source = 'replay' (a folder, a .txt playlist or a video)")
         require(0 <= self.fps <= 120, "fps", f"must be 0..120, got {self.fps}")

@@ -8,9 +8,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from device.capture import FrameSource
+from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.replay import ReplaySource
 from device.checkin import CheckinLoop, MatchPolicy
-from device.config import DeviceConfig
+from device.config import CaptureConfig, DeviceConfig
 from device.gate.door import DoorSignal
 from device.gate.pins import use_pin_factory
 from device.infer.bundle import calibrated_threshold, load_bundle
@@ -37,6 +39,18 @@ def peak_rss_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def open_source(capture: CaptureConfig) -> FrameSource:
+    """The frame source the config names (live cameras are opened lazily by ``frames()``)."""
+    size = (capture.width, capture.height)
+    fps = capture.fps or 15.0
+    if capture.source == "picamera2":
+        return PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s)
+    if capture.source == "v4l2":
+        return V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s)
+    assert capture.path is not None  # validated by CaptureConfig
+    return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
 
 
 def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -80,7 +94,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
 
     loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
                        config.quality, door, outbox, ident, on_recorded=uplink.notify)
-    source = ReplaySource(config.capture.path, fps=config.capture.fps, loop=config.capture.loop)
+    source = open_source(config.capture)
     systemd = SystemdNotifier()
     systemd.ready(f"gate {ident.device_id} room {ident.room}: {len(roster.entries)} applicants")
     try:

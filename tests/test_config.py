@@ -43,6 +43,7 @@ def test_good_config_gets_defaults():
     (with_("match", target_far=0.5), "match.target_far"),
     (with_("quality", max_yaw_deg=120), "quality.max_yaw_deg"),
     (with_("capture", source="webcam"), "capture.source"),
+    (with_("capture", source="v4l2", width=50), "capture.width"),
     (with_("models", threads="two"), "models.threads"),
     (with_("broker", colour="blue"), "colour"),
 ])

@@ -1,0 +1,155 @@
+"""Camera back-ends: the picamera2 call sequence, and recovery from frozen or vanished cameras."""
+
+from __future__ import annotations
+
+import itertools
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import pytest
+
+from device.capture.live import PiCameraSource, V4L2Source
+from device.capture.replay import ReplaySource
+
+
+class FakePicamera2:
+    """Stands in for picamera2.Picamera2 (which only imports on Raspberry Pi OS) and follows
+    its real call sequence; ``script`` decides what each capture returns."""
+
+    instances: ClassVar[list[FakePicamera2]] = []
+
+    def __init__(self, camera_num=0, script=None):
+        self.calls = [("__init__", camera_num)]
+        self.script = script
+        self.started = False
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main=None, controls=None):
+        self.calls.append(("create_video_configuration", main, controls))
+        return {"main": main, "controls": controls}
+
+    def configure(self, config):
+        assert not self.started, "configure() after start()"
+        self.calls.append(("configure", config))
+
+    def start(self):
+        self.calls.append(("start",))
+        self.started = True
+
+    def capture_array(self, name="main"):
+        assert self.started, "capture_array() before start()"
+        return next(self.script)
+
+    def stop(self):
+        self.calls.append(("stop",))
+        self.started = False
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def noisy(seed):
+    return np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+
+def test_picamera2_call_sequence_and_bgr_frames():
+    FakePicamera2.instances.clear()
+    frames = (noisy(i) for i in itertools.count())
+    source = PiCameraSource(size=(64, 48), fps=15,
+                            camera_factory=lambda n: FakePicamera2(n, frames))
+    got = list(itertools.islice(source.frames(), 5))
+    source.close()
+    cam = FakePicamera2.instances[0]
+    assert [c[0] for c in cam.calls] == ["__init__", "create_video_configuration", "configure",
+                                         "start", "stop", "close"]
+    assert cam.calls[1][1] == {"size": (64, 48), "format": "RGB888"}
+    assert cam.calls[1][2] == {"FrameRate": 15.0}
+    assert [f.index for f in got] == [0, 1, 2, 3, 4] and got[0].image.shape == (48, 64, 3)
+    assert not source.one_frame_per_visit
+
+
+def test_frozen_camera_is_reported_and_reopened():
+    FakePicamera2.instances.clear()
+    stuck = noisy(1)
+    # First camera: two live frames, then the same buffer forever (a hung driver).
+    first = itertools.chain([noisy(0), stuck], itertools.repeat(stuck))
+    second = (noisy(100 + i) for i in itertools.count())
+    scripts = iter([first, second])
+    faults = []
+    source = PiCameraSource(size=(64, 48), freeze_s=0.2, on_fault=faults.append,
+                            camera_factory=lambda n: FakePicamera2(n, next(scripts)))
+    seen = 0
+    for frame in source.frames():
+        seen += 1
+        if len(FakePicamera2.instances) == 2 and frame.image.tobytes() != stuck.tobytes():
+            break
+    source.close()
+    assert len(faults) == 1 and faults[0].startswith("frozen")
+    assert FakePicamera2.instances[0].calls[-2:] == [("stop",), ("close",)]
+    assert seen > 2
+
+
+def test_camera_that_vanishes_is_reopened_when_it_returns():
+    FakePicamera2.instances.clear()
+
+    def unplugged():
+        yield noisy(0)
+        raise RuntimeError("Camera frontend has timed out!")
+
+    attempts = iter([unplugged(), None, (noisy(50 + i) for i in itertools.count())])
+
+    def factory(n):
+        script = next(attempts)
+        if script is None:
+            raise RuntimeError("no cameras available")
+        return FakePicamera2(n, script)
+
+    faults = []
+    source = PiCameraSource(size=(64, 48), on_fault=faults.append, camera_factory=factory)
+    got = list(itertools.islice(source.frames(), 3))
+    source.close()
+    assert len(got) == 3
+    assert faults[0].startswith("read failed") and faults[1].startswith("open failed")
+
+
+def test_v4l2_source_reads_through_opencv_and_reports_a_missing_device(tmp_path):
+    video = tmp_path / "cam.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (64, 48))
+    for i in range(20):
+        writer.write(noisy(i))
+    writer.release()
+    source = V4L2Source(str(video), size=(64, 48), api=cv2.CAP_ANY)
+    frames = list(itertools.islice(source.frames(), 10))
+    source.close()
+    assert len(frames) == 10 and frames[0].image.shape == (48, 64, 3)
+
+    faults = []
+    missing = V4L2Source(str(tmp_path / "video9"), api=cv2.CAP_ANY, on_fault=faults.append)
+    gen = missing.frames()
+    import threading
+
+    threading.Timer(1.0, missing.close).start()
+    assert list(gen) == []
+    assert faults and faults[0].startswith("open failed")
+
+
+def test_replay_paces_frames_in_real_time(tmp_path):
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), noisy(i))
+    import time
+
+    start = time.monotonic()
+    frames = list(ReplaySource(tmp_path, fps=10).frames())
+    assert len(frames) == 4 and time.monotonic() - start >= 0.25
+    assert [f.ref for f in frames] == ["0.png", "1.png", "2.png", "3.png"]
+
+
+@pytest.mark.parametrize("source", ["picamera2", "v4l2"])
+def test_service_picks_the_configured_camera(source):
+    from device.config import CaptureConfig
+    from device.service import open_source
+
+    chosen = open_source(CaptureConfig(source=source, fps=10))
+    assert type(chosen).__name__ == {"picamera2": "PiCameraSource",
+                                     "v4l2": "V4L2Source"}[source]
