@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.capture.replay import IMAGE_SUFFIXES, read_image
+from device.capture.replay import read_image
+from device.evaluation import list_people
 from device.infer.pipeline import FacePipeline
 from device.infer.quality import QualityConfig, assess
 from device.roster import Roster, RosterEntry
@@ -35,12 +36,7 @@ class EnrollmentReport:
 
 def face_folders(root: Path, min_images: int = 1) -> dict[str, list[Path]]:
     """``<person>/<image>`` folders under ``root`` → person id → sorted image paths."""
-    people: dict[str, list[Path]] = {}
-    for person in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        images = sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if len(images) >= min_images:
-            people[person.name] = images
-    return people
+    return {p: imgs for p, imgs in list_people(root).items() if len(imgs) >= min_images}
 
 
 def template_from_photos(pipeline: FacePipeline, photos: Sequence[Path],
