@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -32,14 +33,8 @@ from device.infer.liveness import (
 )
 from gerbang.config import ConfigError
 
-try:
-    from tests.conftest import DATA
-except ImportError:  # run as a script
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.conftest import DATA
-
+# As in conftest.py (not imported from it, so this file also runs as a script).
+DATA = Path(os.environ.get("GERBANG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PAD = DATA / "pad" / "gc535"
 FRONTAL = "celeba/7205/065013.jpg"  # yaw 0°, pitch 5°, roll -1° by FaceMesh
 CHOOSE_SEED, TEST_SEED = 1, 2
