@@ -45,7 +45,7 @@ DEFAULT_PASSIVE_MODEL = Path(__file__).parent / "models" / "pad_passive.json"
 PLANARITY_THRESHOLD = 0.035
 #: A track is 3-D only if its homography residual is also this many times its own landmark
 #: noise (:func:`landmark_noise`). Flat tracks stay at 1.8–1.9 for noise σ 1–4 px; real turns of
-#: 15° are above 2.3 up to σ 2 px (simulation seed 5, docs/liveness.md). Without this guard a
+#: 15° are above 2.3 up to σ 2 px (simulation seed 1, docs/liveness.md). Without this guard a
 #: flat photo passes the absolute threshold once σ reaches ~2 px (2% of the eye distance).
 PLANARITY_NOISE_RATIO = 2.2
 
