@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from device.infer.match import Gallery
+from gerbang.files import write_atomic
 
 ROSTER_FORMAT = 1
 
@@ -112,19 +111,7 @@ def roster_from_dict(data: dict[str, Any]) -> Roster:
 
 def save_roster(roster: Roster, path: Path) -> None:
     """Write atomically (temp file + rename) with owner-only permissions."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".roster-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(roster.to_dict(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(path), json.dumps(roster.to_dict()).encode(), mode=0o600)
 
 
 def load_roster(path: Path) -> Roster:

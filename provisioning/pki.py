@@ -26,7 +26,6 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gerbang.files import write_atomic
 from gerbang.wire import ID_PATTERN
 
 #: Client identity of the gateway: the ACL grants this username the centre-wide rights, so no
@@ -137,20 +137,7 @@ def _check_identity(what: str, value: str) -> str:
     return value
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file and rename, so a reader (the broker) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
 
 
 def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey,
@@ -177,7 +164,7 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey,
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> Path:
-    _write_atomic(Path(path), cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(Path(path), cert.public_bytes(serialization.Encoding.PEM))
     return Path(path)
 
 
@@ -303,7 +290,7 @@ def _load_revoked(ca: CentreCA) -> dict:
 
 
 def _save_revoked(ca: CentreCA, state: dict) -> None:
-    _write_atomic(ca.revoked_path, (json.dumps(state, indent=1) + "\n").encode())
+    write_atomic(ca.revoked_path, (json.dumps(state, indent=1) + "\n").encode())
 
 
 def revoked_serials(ca: CentreCA) -> set[int]:
@@ -452,7 +439,7 @@ def make_device_key_and_csr(device_id: str, centre: str, out_dir: Path | None = 
     if out_dir is not None:
         out = Path(out_dir)
         write_private_key(out / f"{device_id}.key", key)
-        _write_atomic(out / f"{device_id}.csr", csr.public_bytes(serialization.Encoding.PEM))
+        write_atomic(out / f"{device_id}.csr", csr.public_bytes(serialization.Encoding.PEM))
     return key, csr
 
 
@@ -545,7 +532,7 @@ def refresh_crl(ca: CentreCA, valid_days: int = CRL_VALID_DAYS) -> Path:
                 x509.CRLReason(REVOCATION_REASONS[entry["reason"]]), critical=False)
         builder = builder.add_revoked_certificate(revoked.build())
     crl = builder.sign(ca.key, hashes.SHA256())
-    _write_atomic(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    write_atomic(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM))
     _save_revoked(ca, state)
     return ca.crl_path
 
