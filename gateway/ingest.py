@@ -58,6 +58,7 @@ class Ingest:
         self.client = make_client(client_id, broker, persistent_session=True)
         self.client.manual_ack_set(True)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda client, userdata, msg: self._queue.put(msg)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
                                         daemon=True)
@@ -69,8 +70,13 @@ class Ingest:
             log.error("broker refused the gateway: %s", reason)
             return
         prefix = f"$share/{self.share_group}/" if self.share_group else ""
-        client.subscribe(prefix + wire.subscription(self.centre, "events"), qos=1)
-        client.subscribe(prefix + wire.subscription(self.centre, "status"), qos=1)
+        client.subscribe([(prefix + wire.subscription(self.centre, "events"), 1),
+                          (prefix + wire.subscription(self.centre, "status"), 1)])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any = None) -> None:
+        # Ready only once the broker has confirmed the subscription: anything published
+        # before that would not be routed to us.
         log.info("gateway subscribed at %s:%s", self.broker.host, self.broker.port)
         self.connected.set()
 
