@@ -8,6 +8,7 @@ for machines without Mosquitto; it speaks MQTT 3.1.1 only, so clients must use p
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import shutil
 import socket
@@ -67,7 +68,7 @@ class MosquittoBroker:
         self.port = port or free_port()
         self.config_path = self.data_dir / "mosquitto.conf"
         self.config_path.write_text(CONFIG_TEMPLATE.read_text().format(
-            port=self.port, data_dir=self.data_dir))
+            port=self.port, data_dir=self.data_dir, user=getpass.getuser()))
         self.log_path = self.data_dir / "mosquitto.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -97,6 +98,13 @@ class MosquittoBroker:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def log_errors(self) -> list[str]:
+        """The ``Error:`` lines Mosquitto has logged so far (e.g. it could not save its state)."""
+        if not self.log_path.exists():
+            return []
+        return [line for line in self.log_path.read_text(errors="replace").splitlines()
+                if ": Error: " in line]
 
     def restart(self, down_s: float = 0.0) -> None:
         """Stop, stay down ``down_s`` seconds, start again on the same port with the same data."""

@@ -22,6 +22,8 @@ def mosquitto(tmp_path: Path):
     broker = MosquittoBroker(tmp_path / "broker").start()
     yield broker
     broker.stop()
+    # A broker that cannot save its state loses sessions on restart: never let that pass silently.
+    assert not broker.log_errors(), f"mosquitto logged errors: {broker.log_errors()}"
 
 
 @pytest.fixture(scope="session")

@@ -110,3 +110,29 @@ def test_hostile_payloads_are_rejected_counted_and_never_stored(mosquitto, gatew
     assert [r["event_id"] for r in store.events()] == [good["event_id"]]
     reasons = [r["error"] for r in store.rejects()]
     assert any("seq" in r for r in reasons) and any("does not match topic" in r for r in reasons)
+
+
+def test_gateway_session_survives_a_broker_restart_while_the_gateway_is_away(
+        tmp_path, mosquitto, store):
+    """Events published while the gateway is down *and* the broker has restarted still arrive:
+    the broker saved the gateway's persistent session (subscription + queue) to disk."""
+    first = Ingest(store, BrokerConfig(port=mosquitto.port))
+    first.start()
+    assert first.connected.wait(10)
+    first.stop()  # gateway away; its session (subscription) stays on the broker
+    mosquitto.restart()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    topic, payload = event_builder(7)(0)
+    client.publish(topic, payload, qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+    second = Ingest(store, BrokerConfig(port=mosquitto.port))
+    second.start()
+    try:
+        wait_until(lambda: store.counts()["events"] == 1, 10,
+                   "the event queued for the gateway's saved session")
+    finally:
+        second.stop()
+    assert [r["applicant_id"] for r in store.events()] == ["A0007"]
