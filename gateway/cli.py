@@ -9,8 +9,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gerbang.config import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 from gerbang.logs import setup_logging
 
 log = logging.getLogger("gateway")
@@ -44,7 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ingest.stop()
         log.info("stopped: %s", ingest.stats)
         return 0
-    app = create_app(store, ingest.stats)
+    app = create_app(store, ingest.stats, commander=ingest.send_command)
     server = uvicorn.Server(uvicorn.Config(app, host=config.gateway.http_host,
                                            port=config.gateway.http_port, log_level="warning"))
     log.info("dashboard at http://%s:%d/  (database %s)", config.gateway.http_host,
@@ -72,6 +76,78 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(events=args.events, devices=args.devices, pg_url=args.postgres,
                        backends=backends)
     print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+def _store(args: argparse.Namespace) -> Store:
+    from gateway.config import load_gateway_config
+    from gateway.store import open_store
+
+    config = load_gateway_config(args.config, {"gateway": {"db": args.db}})
+    return open_store(config.gateway.db)
+
+
+def _cmd_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.auth import add_user
+
+    password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
+                else getpass.getpass(f"password for {args.username}: "))
+    store = _store(args)
+    try:
+        add_user(store, args.username, password, args.role)
+    except ValueError as exc:
+        log.error("user not saved: %s", exc)
+        return 2
+    store.audit(f"cli:{getpass.getuser()}", "user_put", args.username, {"role": args.role})
+    print(f"user {args.username} ({args.role}) saved")
+    return 0
+
+
+def _cmd_session(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from gateway.web import ExamSessionIn
+
+    try:
+        body = ExamSessionIn(centre=args.centre, name=args.name, doors_open=args.doors_open,
+                             starts_at=args.starts_at, doors_close=args.doors_close)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        log.error("session not saved: %s: %s", first["loc"][0], first["msg"])
+        return 2
+    store = _store(args)
+    store.upsert_session({"session_id": args.session_id, **body.model_dump()})
+    print(f"session {args.session_id} saved")
+    return 0
+
+
+def _cmd_roster(args: argparse.Namespace) -> int:
+    from gateway.roster_import import parse_roster_csv
+
+    store = _store(args)
+    if store.exam_session(args.session_id) is None:
+        log.error("no exam session %r: create it with `gerbang-gateway session add` first",
+                  args.session_id)
+        return 2
+    result = parse_roster_csv(args.csv.read_bytes(), args.session_id)
+    if not result.ok:
+        for error in result.errors[:50]:
+            print(f"{args.csv}:{error['line']}: {error['field'] or '-'}: {error['error']}",
+                  file=sys.stderr)
+        log.error("roster not imported: %d error(s); nothing was changed", len(result.errors))
+        return 1
+    count = store.replace_roster(args.session_id, result.entries)
+    print(f"imported {count} applicants into {args.session_id}")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    store = _store(args)
+    changed = store.purge_biometric(args.days * 86400)
+    print(f"blanked scores and frame references of {changed} events older than "
+          f"{args.days} days")
     return 0
 
 
@@ -111,6 +187,51 @@ def build_parser() -> argparse.ArgumentParser:
                        help="server where a scratch database is created and dropped")
     bench.add_argument("--json", action="store_true", help="compact JSON on one line")
     bench.set_defaults(func=_cmd_bench)
+
+    def with_store(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, help="gateway TOML config (for its database)")
+        p.add_argument("--db", help="SQLite database path or postgresql:// URL")
+        return p
+
+    user = with_store(sub.add_parser(
+        "user", help="create a dashboard login or reset its password",
+        description="Create a dashboard account (or reset its password and role). Roles: "
+                    "viewer (reads), technician (+ remote unlock), proctor (+ manual admit, "
+                    "mark absent, alerts), manager (everything: sessions, rosters, users)."))
+    user.add_argument("username")
+    user.add_argument("--role", required=True, choices=("viewer", "technician", "proctor",
+                                                         "manager"))
+    user.add_argument("--password-stdin", action="store_true",
+                      help="read the password from standard input instead of prompting")
+    user.set_defaults(func=_cmd_user)
+
+    session = with_store(sub.add_parser(
+        "session", help="schedule an exam session",
+        description="Create or update an exam session. Times are ISO 8601 with the centre's "
+                    "UTC offset, e.g. 2026-12-01T07:30:00+07:00 (WIB)."))
+    session.add_argument("session_id")
+    session.add_argument("--centre", required=True)
+    session.add_argument("--name", required=True)
+    session.add_argument("--doors-open", required=True)
+    session.add_argument("--starts-at", required=True)
+    session.add_argument("--doors-close", required=True)
+    session.set_defaults(func=_cmd_session)
+
+    roster = with_store(sub.add_parser(
+        "roster", help="import a session roster from CSV",
+        description="Replace a session's roster with a CSV export (columns applicant_id or "
+                    "no_peserta, name or nama, room or ruang, optional seat or kursi). Every "
+                    "bad row is listed by line; if there is any, nothing is changed."))
+    roster.add_argument("session_id")
+    roster.add_argument("csv", type=Path)
+    roster.set_defaults(func=_cmd_roster)
+
+    purge = with_store(sub.add_parser(
+        "purge", help="retention: blank match scores older than N days",
+        description="Biometric-adjacent data (match scores, frame references) older than the "
+                    "retention period is blanked; attendance (who, where, when) is kept."))
+    purge.add_argument("--days", type=float, required=True)
+    purge.set_defaults(func=_cmd_purge)
     return parser
 
 

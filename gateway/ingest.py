@@ -70,8 +70,9 @@ class Ingest:
             log.error("broker refused the gateway: %s", reason)
             return
         prefix = f"$share/{self.share_group}/" if self.share_group else ""
-        client.subscribe([(prefix + wire.subscription(self.centre, "events"), 1),
-                          (prefix + wire.subscription(self.centre, "status"), 1)])
+        client.subscribe([(prefix + wire.subscription(self.centre, leaf), qos)
+                          for leaf, qos in (("events", 1), ("status", 1), ("alarms", 1),
+                                            ("telemetry", 0))])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
                       properties: Any = None) -> None:
@@ -84,11 +85,20 @@ class Ingest:
         """('event', CheckinEvent) | ('status', (parts, dict)) | ('reject', reason)."""
         try:
             parts = wire.parse_topic(msg.topic)
-            if parts.leaf == "status":
-                status = json.loads(msg.payload or b"{}")
-                if not isinstance(status, dict):
-                    raise wire.WireError("status payload must be a JSON object")
-                return "status", (parts, status)
+            if parts.leaf in ("status", "telemetry"):
+                if len(msg.payload) > wire.MAX_PAYLOAD_BYTES:
+                    raise wire.WireError(f"{parts.leaf} payload larger than "
+                                         f"{wire.MAX_PAYLOAD_BYTES} bytes")
+                body = json.loads(msg.payload or b"{}")
+                if not isinstance(body, dict):
+                    raise wire.WireError(f"{parts.leaf} payload must be a JSON object")
+                return parts.leaf, (parts, body)
+            if parts.leaf == "alarms":
+                alarm = wire.parse_alarm(msg.payload)
+                if (alarm.device_id, alarm.centre) != (parts.device, parts.centre):
+                    raise wire.WireError(f"device_id/centre {alarm.device_id}/{alarm.centre} "
+                                         f"does not match topic {parts.centre}/{parts.device}")
+                return "alarm", alarm
             event = wire.parse_event(msg.payload)
             if (event.device_id, event.centre) != (parts.device, parts.centre):
                 # A device may only speak for itself: the topic is what the broker ACL checks.
@@ -116,14 +126,19 @@ class Ingest:
             self._commit(batch)
 
     def _commit(self, batch: list[mqtt.MQTTMessage]) -> None:
-        events = []
+        events, alarms = [], []
         for msg in batch:
             kind, value = self._classify(msg)
             if kind == "event":
                 events.append(value)
+            elif kind == "alarm":
+                alarms.append(value)
             elif kind == "status":
                 parts, status = value
                 self.store.record_status(parts.device, parts.centre, status)
+            elif kind == "telemetry":
+                parts, telemetry = value
+                self.store.record_telemetry(parts.device, parts.centre, telemetry)
             else:
                 self.stats.rejected += 1
                 log.warning("rejected message on %s: %s", msg.topic[:120], value)
@@ -132,6 +147,8 @@ class Ingest:
         while True:
             try:
                 new = self.store.insert_events(events) if events else 0
+                if alarms:
+                    self.store.record_alarms(alarms)
                 break
             except Exception:
                 # Nothing is acknowledged until stored: retry (a locked or full disk is usually
@@ -147,6 +164,14 @@ class Ingest:
                 self.client.ack(msg.mid, msg.qos)
         with self.changed:
             self.changed.notify_all()
+
+    def send_command(self, centre: str, device_id: str, name: str,
+                     payload: dict[str, Any]) -> None:
+        """Publish a command to one gate (QoS 1; the broker keeps it for a gate that is
+        offline, in its persistent session). The gate answers on ``cmd_ack``."""
+        body = {"schema": wire.SCHEMA_VERSION, "command": name, **payload}
+        self.client.publish(wire.device_topic(centre, device_id, f"cmd/{name}"),
+                            json.dumps(body, separators=(",", ":")), qos=1)
 
     def start(self) -> None:
         """Start the writer and connect (reconnecting by itself after a broker restart)."""

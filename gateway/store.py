@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gerbang.wire import CheckinEvent
+from gerbang.wire import AlarmEvent, CheckinEvent
 
 EVENT_COLUMNS = ("event_id", "device_id", "centre", "room", "session", "seq", "ts", "outcome",
                  "reason", "applicant_id", "score", "latency_ms", "frame_ref", "card_id", "mode")
@@ -37,6 +37,35 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                               last_seen {real}, status TEXT);
         CREATE TABLE rejects (id {serial}, received_at {real} NOT NULL, topic TEXT,
                               error TEXT);
+    """),
+    (2, "attendance model: exam sessions, rosters, users, overrides, audit, alarms", """
+        CREATE TABLE exam_sessions (
+            session_id TEXT PRIMARY KEY, centre TEXT NOT NULL, name TEXT NOT NULL,
+            doors_open TEXT NOT NULL, starts_at TEXT NOT NULL, doors_close TEXT NOT NULL);
+        CREATE TABLE roster (
+            session_id TEXT NOT NULL, applicant_id TEXT NOT NULL, name TEXT NOT NULL,
+            room TEXT NOT NULL, seat TEXT, PRIMARY KEY (session_id, applicant_id));
+        CREATE INDEX roster_room ON roster (session_id, room);
+        CREATE INDEX events_session_applicant ON events (session, applicant_id);
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+            created_at {real} NOT NULL);
+        CREATE TABLE auth_tokens (
+            token_sha256 TEXT PRIMARY KEY, username TEXT NOT NULL, expires_at {real} NOT NULL);
+        CREATE TABLE overrides (
+            id {serial}, ts TEXT NOT NULL, session_id TEXT NOT NULL, room TEXT,
+            applicant_id TEXT, device_id TEXT, action TEXT NOT NULL, reason TEXT NOT NULL,
+            username TEXT NOT NULL);
+        CREATE TABLE audit (
+            id {serial}, ts TEXT NOT NULL, username TEXT NOT NULL, action TEXT NOT NULL,
+            target TEXT, detail TEXT);
+        CREATE TABLE alarms (
+            alarm_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, centre TEXT NOT NULL,
+            alarm TEXT NOT NULL, ts TEXT NOT NULL, detail TEXT, received_at {real} NOT NULL);
+        CREATE TABLE alert_acks (
+            alert_key TEXT PRIMARY KEY, username TEXT NOT NULL, ts TEXT NOT NULL, note TEXT);
+        ALTER TABLE devices ADD COLUMN telemetry TEXT;
+        ALTER TABLE devices ADD COLUMN telemetry_at {real};
     """),
 ]
 
@@ -63,6 +92,10 @@ class Store:
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
         """Run ``sql`` for every row in one transaction; returns how many rows changed."""
+        raise NotImplementedError
+
+    def _transaction(self, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Run several ``(sql, rows)`` steps in one transaction."""
         raise NotImplementedError
 
     def _migrate(self) -> None:
@@ -109,6 +142,25 @@ class Store:
             [(device_id, centre, str(status.get("state", "unknown")), time.time(),
               json.dumps(status))])
 
+    def record_alarms(self, alarms: Iterable[AlarmEvent]) -> int:
+        """Store alarms not seen before (redeliveries change nothing); returns how many new."""
+        now = time.time()
+        rows = [(a.alarm_id, a.device_id, a.centre, a.alarm, a.ts, a.detail, now)
+                for a in alarms]
+        if not rows:
+            return 0
+        return self._executemany(
+            "INSERT INTO alarms (alarm_id, device_id, centre, alarm, ts, detail, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id) DO NOTHING", rows)
+
+    def record_telemetry(self, device_id: str, centre: str, telemetry: dict[str, Any]) -> None:
+        """Keep only a device's latest telemetry (history belongs in a metrics system)."""
+        self._executemany(
+            "INSERT INTO devices (device_id, centre, state, telemetry, telemetry_at) "
+            "VALUES (?, ?, 'unknown', ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+            "telemetry = excluded.telemetry, telemetry_at = excluded.telemetry_at",
+            [(device_id, centre, json.dumps(telemetry)[:4000], time.time())])
+
     def record_reject(self, topic: str, error: str) -> None:
         """Keep a trace of a refused message (never its payload: it may be hostile or huge)."""
         self._executemany("INSERT INTO rejects (received_at, topic, error) VALUES (?, ?, ?)",
@@ -131,13 +183,172 @@ class Store:
         return self._execute("SELECT * FROM events ORDER BY device_id, seq")
 
     def rejects(self) -> list[dict[str, Any]]:
-        """Refused messages, oldest first."""
-        return self._execute("SELECT topic, error, received_at FROM rejects ORDER BY id")
+        """Refused messages, oldest first (``ts`` is when they arrived, ISO 8601 UTC)."""
+        from datetime import UTC, datetime
+
+        return [{**r, "ts": datetime.fromtimestamp(r["received_at"], UTC).isoformat(
+                    timespec="milliseconds").replace("+00:00", "Z")}
+                for r in self._execute("SELECT id, topic, error, received_at FROM rejects "
+                                       "ORDER BY id")]
+
+    def change_token(self) -> tuple[Any, ...]:
+        """Cheap fingerprint of everything the live pages show: it changes when they must."""
+        (row,) = self._execute(
+            "SELECT (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM rejects) AS r, "
+            "(SELECT count(*) FROM alarms) AS a, (SELECT count(*) FROM alert_acks) AS k, "
+            "(SELECT max(id) FROM overrides) AS o, (SELECT count(*) FROM roster) AS n, "
+            "(SELECT max(last_seen) FROM devices) AS d, (SELECT max(telemetry_at) FROM devices) "
+            "AS t, (SELECT count(*) FROM exam_sessions) AS s")
+        return tuple(row.values())
 
     def devices(self) -> list[dict[str, Any]]:
-        """Known devices and their last status."""
-        return [{**r, "status": json.loads(r["status"])} for r in
-                self._execute("SELECT * FROM devices ORDER BY device_id")]
+        """Known devices, their last status (birth / last will) and latest telemetry."""
+        return [{**r, "status": json.loads(r["status"] or "{}"),
+                 "telemetry": json.loads(r["telemetry"] or "{}")}
+                for r in self._execute("SELECT * FROM devices ORDER BY device_id")]
+
+    # ---- attendance model -------------------------------------------------------------------
+
+    def upsert_session(self, session: dict[str, Any]) -> None:
+        """Create or update an exam session (``session_id``, centre, name, times)."""
+        self._executemany(
+            "INSERT INTO exam_sessions (session_id, centre, name, doors_open, starts_at, "
+            "doors_close) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+            "centre = excluded.centre, name = excluded.name, doors_open = excluded.doors_open, "
+            "starts_at = excluded.starts_at, doors_close = excluded.doors_close",
+            [tuple(session[k] for k in ("session_id", "centre", "name", "doors_open",
+                                        "starts_at", "doors_close"))])
+
+    def exam_sessions(self) -> list[dict[str, Any]]:
+        """Every exam session, earliest first."""
+        return self._execute("SELECT * FROM exam_sessions ORDER BY starts_at, session_id")
+
+    def exam_session(self, session_id: str) -> dict[str, Any] | None:
+        """One exam session, or None."""
+        rows = self._execute("SELECT * FROM exam_sessions WHERE session_id = ?", (session_id,))
+        return rows[0] if rows else None
+
+    def replace_roster(self, session_id: str, entries: Sequence[dict[str, Any]]) -> int:
+        """Make ``entries`` the session's whole roster (one transaction); returns the count."""
+        self._transaction([
+            ("DELETE FROM roster WHERE session_id = ?", [(session_id,)]),
+            ("INSERT INTO roster (session_id, applicant_id, name, room, seat) "
+             "VALUES (?, ?, ?, ?, ?)",
+             [(session_id, e["applicant_id"], e["name"], e["room"], e.get("seat"))
+              for e in entries]),
+        ])
+        return len(entries)
+
+    def roster(self, session_id: str, room: str | None = None) -> list[dict[str, Any]]:
+        """A session's roster (one room's, with ``room``), by room and seat."""
+        if room is None:
+            return self._execute("SELECT * FROM roster WHERE session_id = ? "
+                                 "ORDER BY room, seat, applicant_id", (session_id,))
+        return self._execute("SELECT * FROM roster WHERE session_id = ? AND room = ? "
+                             "ORDER BY seat, applicant_id", (session_id, room))
+
+    def session_events(self, session_id: str) -> list[dict[str, Any]]:
+        """A session's check-in events in time order (what attendance is derived from)."""
+        return self._execute(
+            "SELECT event_id, device_id, room, seq, ts, outcome, reason, applicant_id, card_id, "
+            "mode, score, latency_ms FROM events WHERE session = ? ORDER BY ts, device_id, seq",
+            (session_id,))
+
+    def add_override(self, override: dict[str, Any]) -> None:
+        """Record a proctor action (manual admit, mark absent, reopen, remote unlock)."""
+        self._executemany(
+            "INSERT INTO overrides (ts, session_id, room, applicant_id, device_id, action, "
+            "reason, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [tuple(override.get(k) for k in ("ts", "session_id", "room", "applicant_id",
+                                             "device_id", "action", "reason", "username"))])
+
+    def overrides(self, session_id: str) -> list[dict[str, Any]]:
+        """A session's proctor actions, oldest first."""
+        return self._execute("SELECT * FROM overrides WHERE session_id = ? ORDER BY id",
+                             (session_id,))
+
+    def audit(self, username: str, action: str, target: str | None = None,
+              detail: dict[str, Any] | None = None) -> None:
+        """Append to the audit log: who did what to what (every write through the API)."""
+        from gerbang.wire import utc_now_iso
+
+        self._executemany(
+            "INSERT INTO audit (ts, username, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+            [(utc_now_iso(), username, action, target,
+              json.dumps(detail, sort_keys=True) if detail else None)])
+
+    def audit_log(self, limit: int = 10_000) -> list[dict[str, Any]]:
+        """The audit log, oldest first."""
+        return self._execute("SELECT * FROM audit ORDER BY id LIMIT ?", (limit,))
+
+    def alarms(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Device alarms, newest first."""
+        return self._execute("SELECT * FROM alarms ORDER BY ts DESC LIMIT ?", (limit,))
+
+    def flagged_events(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Check-ins a proctor must look at: suspected spoofs and duplicate identities."""
+        return self._execute(
+            "SELECT event_id, device_id, room, session, ts, reason, card_id, applicant_id "
+            "FROM events WHERE reason IN ('spoof_suspected', 'duplicate_identity') "
+            "ORDER BY ts DESC LIMIT ?", (limit,))
+
+    def acknowledge(self, alert_key: str, username: str, note: str | None) -> bool:
+        """Mark an alert seen; False if it already was."""
+        from gerbang.wire import utc_now_iso
+
+        return self._executemany(
+            "INSERT INTO alert_acks (alert_key, username, ts, note) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (alert_key) DO NOTHING",
+            [(alert_key, username, utc_now_iso(), note)]) > 0
+
+    def acks(self) -> dict[str, dict[str, Any]]:
+        """Acknowledged alerts by key."""
+        return {r["alert_key"]: r for r in self._execute("SELECT * FROM alert_acks")}
+
+    # ---- users and login tokens -------------------------------------------------------------
+
+    def put_user(self, username: str, password_hash: str, role: str) -> None:
+        """Create a user or reset their password and role."""
+        self._executemany(
+            "INSERT INTO users (username, password_hash, role, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, "
+            "role = excluded.role", [(username, password_hash, role, time.time())])
+
+    def user(self, username: str) -> dict[str, Any] | None:
+        """One user (with the password hash), or None."""
+        rows = self._execute("SELECT * FROM users WHERE username = ?", (username,))
+        return rows[0] if rows else None
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user without password hashes."""
+        return self._execute("SELECT username, role, created_at FROM users ORDER BY username")
+
+    def put_token(self, token_sha256: str, username: str, expires_at: float) -> None:
+        """Remember a login (only the token's hash is stored)."""
+        self._executemany("INSERT INTO auth_tokens (token_sha256, username, expires_at) "
+                          "VALUES (?, ?, ?)", [(token_sha256, username, expires_at)])
+
+    def token_user(self, token_sha256: str) -> dict[str, Any] | None:
+        """The user a live token belongs to, or None (unknown or expired)."""
+        rows = self._execute(
+            "SELECT u.username, u.role FROM auth_tokens t JOIN users u "
+            "ON u.username = t.username WHERE t.token_sha256 = ? AND t.expires_at > ?",
+            (token_sha256, time.time()))
+        return rows[0] if rows else None
+
+    def drop_token(self, token_sha256: str) -> None:
+        """Log out."""
+        self._executemany("DELETE FROM auth_tokens WHERE token_sha256 = ?", [(token_sha256,)])
+
+    # ---- retention --------------------------------------------------------------------------
+
+    def purge_biometric(self, older_than_s: float) -> int:
+        """Blank match scores and frame references of events received more than
+        ``older_than_s`` ago; the attendance facts (who, where, when, outcome) stay."""
+        cutoff = time.time() - older_than_s
+        return self._executemany(
+            "UPDATE events SET score = NULL, frame_ref = NULL WHERE received_at < ? "
+            "AND (score IS NOT NULL OR frame_ref IS NOT NULL)", [(cutoff,)])
 
     def counts(self) -> dict[str, int]:
         """Totals for monitoring: events stored and messages rejected."""
@@ -191,6 +402,13 @@ class SqliteStore(Store):
         return conn.total_changes - before
 
 
+    def _transaction(self, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        conn = self.db.conn
+        with conn:
+            for sql, rows in steps:
+                conn.executemany(sql, rows)
+
+
 class PostgresStore(Store):
     """PostgreSQL through psycopg 3; one connection per thread, shared by gateway workers."""
 
@@ -228,6 +446,13 @@ class PostgresStore(Store):
         with conn.transaction(), conn.cursor() as cursor:
             cursor.executemany(sql.replace("?", "%s"), rows)
             return max(cursor.rowcount, 0)
+
+    def _transaction(self, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        conn = self._conn()
+        with conn.transaction(), conn.cursor() as cursor:
+            for sql, rows in steps:
+                if rows:
+                    cursor.executemany(sql.replace("?", "%s"), rows)
 
 
 def open_store(location: str | Path) -> Store:

@@ -1,78 +1,452 @@
-"""The gateway's web side: live attendance dashboard, JSON API, server-sent events stream."""
+"""The gateway's web side: JSON API (OpenAPI at /docs), login, live pages, public board.
+
+Every request that reads needs a logged-in user (role ``viewer`` or above) except the public
+board, which shows counts per room and nothing that identifies anyone. Every write is checked
+against the caller's role and recorded in the audit log with who, what and why.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, field_validator
 
+from gateway import auth
+from gateway.alerts import current_alerts, open_count
+from gateway.attendance import (
+    APPLICANT_ACTIONS,
+    parse_time,
+    public_board,
+    session_attendance,
+    totals,
+)
 from gateway.ingest import IngestStats
+from gateway.reports import attendance_csv, attendance_pdf, audit_csv
+from gateway.roster_import import parse_roster_csv
 from gateway.store import Store
+from gerbang.wire import ID_PATTERN, utc_now_iso
 
-_PAGE = (Path(__file__).parent / "templates" / "dashboard.html").read_text()
+COOKIE = "gerbang_session"
+#: Publishes a command to a gate: (centre, device_id, command name, payload) -> None.
+Commander = Callable[[str, str, str, dict[str, Any]], None]
 
 
-def create_app(store: Store, stats: IngestStats | None = None,
-               poll_s: float = 0.3) -> FastAPI:
-    """The FastAPI application over ``store`` (``stats`` from a running ingest, if any)."""
-    app = FastAPI(title="Gerbang gateway", version="0.1.0",
-                  description="Live exam-room attendance from Gerbang gate devices.")
+@dataclass
+class WebContext:
+    """What the routes share: the store, live ingest counters, how to reach gates."""
 
-    def snapshot() -> dict[str, Any]:
-        return {"rooms": store.room_summary(), "recent": store.recent_events(15),
-                "counts": store.counts()}
+    store: Store
+    stats: IngestStats | None = None
+    commander: Commander | None = None
+    poll_s: float = 0.3
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def dashboard() -> str:
-        # The first picture is embedded in the page; live updates arrive over /api/stream.
-        return _PAGE.replace("{{initial}}", json.dumps(snapshot()).replace("</", "<\\/"))
 
-    @app.get("/api/rooms")
-    def rooms() -> list[dict[str, Any]]:
-        """Attendance per session and room, derived from the stored events."""
+class Credentials(BaseModel):
+    """A login."""
+
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=256)
+
+
+class ExamSessionIn(BaseModel):
+    """An exam session; times are ISO 8601 with the centre's UTC offset (WIB is +07:00)."""
+
+    centre: str = Field(pattern=ID_PATTERN.pattern)
+    name: str = Field(min_length=1, max_length=120)
+    doors_open: str
+    starts_at: str
+    doors_close: str
+
+    @field_validator("doors_open", "starts_at", "doors_close")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        try:
+            parsed = parse_time(value)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+        if parsed.utcoffset() is None or "T" not in value:
+            raise ValueError("give a date and time with its UTC offset, e.g. "
+                             "2026-12-01T07:30:00+07:00")
+        return value
+
+
+class ApplicantAction(BaseModel):
+    """A proctor's decision about one applicant; the reason is mandatory and audited."""
+
+    action: str = Field(description="manual_admit | mark_absent | reopen")
+    reason: str = Field(min_length=3, max_length=300,
+                        description="e.g. 'identity checked against KTP 3174…; camera refused'")
+
+    @field_validator("action")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in APPLICANT_ACTIONS:
+            raise ValueError(f"must be one of {', '.join(APPLICANT_ACTIONS)}")
+        return value
+
+
+class Reason(BaseModel):
+    """Why a proctor or technician did something."""
+
+    reason: str = Field(min_length=3, max_length=300)
+
+
+class Note(BaseModel):
+    """An optional note on an acknowledgement."""
+
+    note: str | None = Field(default=None, max_length=300)
+
+
+class NewUser(BaseModel):
+    """A dashboard account."""
+
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    password: str = Field(min_length=auth.MIN_PASSWORD, max_length=256)
+    role: str
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        if value not in auth.ROLES:
+            raise ValueError(f"must be one of {', '.join(auth.ROLES)}")
+        return value
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE)
+
+
+def current_user(request: Request) -> dict[str, Any] | None:
+    """The logged-in user of this request, or None."""
+    ctx: WebContext = request.app.state.ctx
+    return auth.user_for_token(ctx.store, _token(request))
+
+
+def requires(permission: str) -> Callable[..., dict[str, Any]]:
+    """A FastAPI dependency: 401 without a login, 403 without the permission."""
+
+    def dependency(request: Request) -> dict[str, Any]:
+        user = current_user(request)
+        if user is None:
+            raise HTTPException(401, "log in first", headers={"WWW-Authenticate": "Bearer"})
+        if not auth.allowed(user, permission):
+            raise HTTPException(403, f"role {user['role']} may not do this "
+                                     f"(needs {'/'.join(auth.PERMISSIONS[permission])})")
+        return user
+
+    return dependency
+
+
+Viewer = Annotated[dict[str, Any], Depends(requires("view"))]
+Proctor = Annotated[dict[str, Any], Depends(requires("proctor"))]
+Unlocker = Annotated[dict[str, Any], Depends(requires("unlock"))]
+Manager = Annotated[dict[str, Any], Depends(requires("manage"))]
+
+
+def overview(store: Store) -> dict[str, Any]:
+    """Every session's room tiles, unscheduled traffic, recent events, alert count."""
+    sessions = []
+    for s in store.exam_sessions():
+        attendance = session_attendance(store, s["session_id"])
+        assert attendance is not None
+        sessions.append({"session": s, "rooms": attendance["rooms"],
+                         "totals": totals(attendance["rooms"])})
+    known = {s["session"]["session_id"] for s in sessions}
+    alerts = current_alerts(store)
+    return {"sessions": sessions,
+            "unscheduled": [r for r in store.room_summary() if r["session"] not in known],
+            "recent": store.recent_events(15), "counts": store.counts(),
+            "alerts_open": open_count(alerts), "alerts": alerts[:10]}
+
+
+def checkins_per_minute(store: Store, session_id: str, minutes: int = 60,
+                        ) -> dict[str, list[int]]:
+    """Accepted check-ins per minute per room over the session's last ``minutes`` minutes
+    of activity (oldest first), for the dashboard's plot."""
+    events = [e for e in store.session_events(session_id) if e["outcome"] == "accepted"]
+    if not events:
+        return {}
+    end = parse_time(max(e["ts"] for e in events))
+    series: dict[str, list[int]] = {}
+    for e in events:
+        age = int((end - parse_time(e["ts"])).total_seconds() // 60)
+        if age < minutes:
+            series.setdefault(e["room"], [0] * minutes)[minutes - 1 - age] += 1
+    return dict(sorted(series.items()))
+
+
+def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0.3,
+               commander: Commander | None = None) -> FastAPI:
+    """The FastAPI application over ``store`` (``stats`` from a running ingest, if any;
+    ``commander`` publishes gate commands such as remote unlock)."""
+    app = FastAPI(title="Gerbang gateway", version="0.2.0",
+                  description="Live exam-room attendance from Gerbang gate devices. Log in "
+                              "with POST /api/login and send the token as a Bearer header.")
+    ctx = WebContext(store=store, stats=stats, commander=commander, poll_s=poll_s)
+    app.state.ctx = ctx
+
+    def need_session(session_id: str) -> dict[str, Any]:
+        attendance = session_attendance(store, session_id)
+        if attendance is None:
+            raise HTTPException(404, f"no exam session {session_id!r}")
+        return attendance
+
+    # ---- login ------------------------------------------------------------------------------
+
+    @app.post("/api/login", tags=["auth"])
+    def api_login(credentials: Credentials, response: Response) -> dict[str, Any]:
+        """Log in; returns a bearer token (also set as an HttpOnly cookie for the pages)."""
+        try:
+            token, user = auth.login(store, credentials.username, credentials.password)
+        except auth.AuthError as exc:
+            store.audit(credentials.username, "login_failed")
+            raise HTTPException(401, str(exc)) from None
+        store.audit(user["username"], "login")
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
+                            max_age=auth.TOKEN_TTL_S)
+        return {"token": token, "user": user}
+
+    @app.post("/api/logout", tags=["auth"])
+    def api_logout(request: Request, response: Response) -> dict[str, str]:
+        """End this login."""
+        token = _token(request)
+        if token:
+            store.drop_token(auth.token_digest(token))
+        response.delete_cookie(COOKIE)
+        return {"status": "logged out"}
+
+    @app.get("/api/me", tags=["auth"])
+    def me(user: Viewer) -> dict[str, Any]:
+        """Who is logged in, and their role."""
+        return user
+
+    @app.post("/api/users", tags=["auth"], status_code=201)
+    def create_user(new: NewUser, user: Manager) -> dict[str, str]:
+        """Create a dashboard account or reset one's password and role (managers only)."""
+        auth.add_user(store, new.username, new.password, new.role)
+        store.audit(user["username"], "user_put", new.username, {"role": new.role})
+        return {"username": new.username, "role": new.role}
+
+    @app.get("/api/users", tags=["auth"])
+    def list_users(user: Manager) -> list[dict[str, Any]]:
+        """Dashboard accounts (no password hashes)."""
+        return store.users()
+
+    # ---- sessions, rosters, attendance --------------------------------------------------------
+
+    @app.get("/api/sessions", tags=["attendance"])
+    def sessions(user: Viewer) -> list[dict[str, Any]]:
+        """Exam sessions, earliest first."""
+        return store.exam_sessions()
+
+    @app.put("/api/sessions/{session_id}", tags=["attendance"])
+    def put_session(session_id: Annotated[str, Path(pattern=ID_PATTERN.pattern)],
+                    body: ExamSessionIn, user: Manager) -> dict[str, Any]:
+        """Create or update an exam session (doors open ≤ start ≤ doors close)."""
+        times = [parse_time(t) for t in (body.doors_open, body.starts_at, body.doors_close)]
+        if not times[0] <= times[1] <= times[2]:
+            raise HTTPException(422, "doors_open must be <= starts_at <= doors_close")
+        row = {"session_id": session_id, **body.model_dump()}
+        store.upsert_session(row)
+        store.audit(user["username"], "session_put", session_id, body.model_dump())
+        return row
+
+    @app.post("/api/sessions/{session_id}/roster", tags=["attendance"],
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "text/csv": {"schema": {"type": "string"}}}}})
+    async def import_roster(session_id: str, request: Request, user: Manager) -> JSONResponse:
+        """Replace the session's roster with a CSV (see gateway/roster_import.py for the
+        columns). Any bad row → 422 with every error by line, and nothing is changed."""
+        if store.exam_session(session_id) is None:
+            raise HTTPException(404, f"no exam session {session_id!r}; create it first")
+        body = await request.body()
+        if len(body) > 20 * 1024 * 1024:
+            raise HTTPException(413, "roster file larger than 20 MB")
+        result = parse_roster_csv(body, session_id)
+        if not result.ok:
+            return JSONResponse({"imported": 0, "errors": result.errors[:200],
+                                 "error_count": len(result.errors)}, status_code=422)
+        count = store.replace_roster(session_id, result.entries)
+        store.audit(user["username"], "roster_import", session_id, {"entries": count})
+        return JSONResponse({"imported": count, "errors": []})
+
+    @app.get("/api/sessions/{session_id}/roster", tags=["attendance"])
+    def get_roster(session_id: str, user: Viewer,
+                   room: Annotated[str | None, Query(max_length=64)] = None,
+                   ) -> list[dict[str, Any]]:
+        """The session's roster (one room's with ``room``)."""
+        return store.roster(session_id, room)
+
+    @app.get("/api/sessions/{session_id}/attendance", tags=["attendance"])
+    def attendance(session_id: str, user: Viewer) -> dict[str, Any]:
+        """Per room and per applicant, derived from stored events and proctor actions."""
+        return need_session(session_id)
+
+    @app.get("/api/sessions/{session_id}/checkins-per-minute", tags=["attendance"])
+    def per_minute(session_id: str, user: Viewer) -> dict[str, list[int]]:
+        """Accepted check-ins per minute per room, last hour of activity (plot data)."""
+        need_session(session_id)
+        return checkins_per_minute(store, session_id)
+
+    @app.post("/api/sessions/{session_id}/applicants/{applicant_id}/actions",
+              tags=["proctor"], status_code=201)
+    def applicant_action(session_id: str, applicant_id: str, body: ApplicantAction,
+                         user: Proctor) -> dict[str, Any]:
+        """Manual admit (identity checked by a person), mark absent, or reopen."""
+        roster = {r["applicant_id"]: r for r in store.roster(session_id)}
+        if store.exam_session(session_id) is None or applicant_id not in roster:
+            raise HTTPException(404, f"{applicant_id!r} is not on the roster of "
+                                     f"{session_id!r}")
+        row = {"ts": utc_now_iso(), "session_id": session_id,
+               "room": roster[applicant_id]["room"], "applicant_id": applicant_id,
+               "device_id": None, "action": body.action, "reason": body.reason,
+               "username": user["username"]}
+        store.add_override(row)
+        store.audit(user["username"], body.action, f"{session_id}/{applicant_id}",
+                    {"reason": body.reason})
+        return row
+
+    @app.get("/api/sessions/{session_id}/export.csv", tags=["exports"])
+    def export_csv(session_id: str, user: Viewer,
+                   room: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+        """Attendance as CSV (every room, or one)."""
+        data = attendance_csv(need_session(session_id), room)
+        store.audit(user["username"], "export_csv", session_id, {"room": room})
+        name = f"attendance-{session_id}{'-' + room if room else ''}.csv"
+        return Response(data, media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/api/sessions/{session_id}/export.pdf", tags=["exports"])
+    def export_pdf(session_id: str, user: Viewer,
+                   room: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+        """The printable attendance record with signature lines."""
+        data = attendance_pdf(need_session(session_id), room, user["username"], utc_now_iso())
+        store.audit(user["username"], "export_pdf", session_id, {"room": room})
+        name = f"attendance-{session_id}{'-' + room if room else ''}.pdf"
+        return Response(data, media_type="application/pdf", headers={
+            "Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/api/audit", tags=["exports"])
+    def audit_log(user: Manager,
+                  limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+                  ) -> list[dict[str, Any]]:
+        """Every write, login and export: who, when, what, why."""
+        return store.audit_log(limit)
+
+    @app.get("/api/audit.csv", tags=["exports"])
+    def audit_export(user: Manager) -> Response:
+        """The audit log as CSV."""
+        return Response(audit_csv(store.audit_log(1_000_000)), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+
+    # ---- devices and alerts -----------------------------------------------------------------
+
+    @app.get("/api/devices", tags=["devices"])
+    def devices(user: Viewer) -> list[dict[str, Any]]:
+        """Gates: online/offline (birth / last will), last telemetry, versions."""
+        return store.devices()
+
+    @app.post("/api/devices/{device_id}/unlock", tags=["devices"], status_code=202)
+    def unlock(device_id: str, body: Reason, user: Unlocker) -> dict[str, Any]:
+        """Ask a gate to release its lock for one pulse (recorded with who and why)."""
+        known = {d["device_id"]: d for d in store.devices()}
+        if device_id not in known:
+            raise HTTPException(404, f"unknown device {device_id!r}")
+        if ctx.commander is None:
+            raise HTTPException(503, "this gateway process has no broker connection")
+        ctx.commander(known[device_id]["centre"], device_id, "unlock",
+                      {"reason": body.reason, "by": user["username"], "ts": utc_now_iso()})
+        store.audit(user["username"], "remote_unlock", device_id, {"reason": body.reason})
+        return {"device_id": device_id, "command": "unlock", "status": "sent"}
+
+    @app.get("/api/alerts", tags=["devices"])
+    def alerts(user: Viewer) -> list[dict[str, Any]]:
+        """Offline gates, door alarms, suspected spoofs, duplicate identities, refused
+        messages; newest first, with acknowledgements."""
+        return current_alerts(store)
+
+    @app.post("/api/alerts/{alert_key}/ack", tags=["proctor"])
+    def acknowledge(alert_key: str, user: Proctor,
+                    body: Annotated[Note | None, Body()] = None) -> dict[str, Any]:
+        """Mark an alert as seen and handled."""
+        if alert_key not in {a["key"] for a in current_alerts(store, limit=10_000)}:
+            raise HTTPException(404, f"no alert {alert_key!r}")
+        note = body.note if body else None
+        new = store.acknowledge(alert_key, user["username"], note)
+        if new:
+            store.audit(user["username"], "alert_ack", alert_key, {"note": note})
+        return {"key": alert_key, "acknowledged": True, "already": not new}
+
+    # ---- monitoring (kept from the walking skeleton) ----------------------------------------
+
+    @app.get("/api/rooms", tags=["monitoring"])
+    def rooms(user: Viewer) -> list[dict[str, Any]]:
+        """Raw per session and room event counts (also for sessions not scheduled here)."""
         return store.room_summary()
 
-    @app.get("/api/events")
-    def events(limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+    @app.get("/api/events", tags=["monitoring"])
+    def events(user: Viewer,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         """The newest check-in events, newest first."""
         return store.recent_events(limit)
 
-    @app.get("/api/devices")
-    def devices() -> list[dict[str, Any]]:
-        """Gate devices and their last birth / last-will status."""
-        return store.devices()
-
-    @app.get("/api/stats")
-    def api_stats() -> dict[str, Any]:
+    @app.get("/api/stats", tags=["monitoring"])
+    def api_stats(user: Viewer) -> dict[str, Any]:
         """Ingest counters since start plus totals in the store."""
-        live = stats.__dict__ if stats else {}
+        live = ctx.stats.__dict__ if ctx.stats else {}
         return {**store.counts(), "ingest": live}
 
-    @app.get("/api/stream", include_in_schema=False)
-    async def stream() -> StreamingResponse:
-        async def gen() -> AsyncIterator[str]:
-            last, quiet = None, 0
-            while True:
-                snap = await asyncio.to_thread(snapshot)
-                key = (snap["counts"]["events"], len(snap["rooms"]))
-                if key != last:
-                    last, quiet = key, 0
-                    yield f"data: {json.dumps(snap)}\n\n"
-                elif (quiet := quiet + 1) * poll_s >= 15:
-                    quiet = 0
-                    yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
-                await asyncio.sleep(poll_s)
+    @app.get("/api/overview", tags=["monitoring"])
+    def api_overview(user: Viewer) -> dict[str, Any]:
+        """What the home page shows."""
+        return overview(store)
 
-        return StreamingResponse(gen(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store"})
+    # ---- public board -----------------------------------------------------------------------
+
+    @app.get("/api/public/sessions/{session_id}", tags=["public"])
+    def board(session_id: str) -> dict[str, Any]:
+        """Counts per room for one session, no login; no names, ids or devices."""
+        return public_board(need_session(session_id))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/api/stream", include_in_schema=False)
+    async def stream(request: Request) -> StreamingResponse:
+        """The overview as server-sent events whenever anything changes (login needed)."""
+        if not auth.allowed(current_user(request), "view"):
+            raise HTTPException(401, "log in first")
+        return sse(lambda: overview(store))
+
+    def sse(build: Callable[[], Any]) -> StreamingResponse:
+        async def gen() -> AsyncIterator[str]:
+            last, quiet = None, 0
+            while True:
+                token = await asyncio.to_thread(store.change_token)
+                if token != last:
+                    last, quiet = token, 0
+                    data = await asyncio.to_thread(build)
+                    yield f"data: {json.dumps(data, default=str)}\n\n"
+                elif (quiet := quiet + 1) * ctx.poll_s >= 15:
+                    quiet = 0
+                    yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
+                await asyncio.sleep(ctx.poll_s)
+
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    app.state.sse = sse
+    from gateway.pages import add_pages
+
+    add_pages(app)
     return app

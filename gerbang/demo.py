@@ -166,6 +166,34 @@ def _wait_http(url: str, timeout: float = 30) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def _prepare_gateway(db: Path, rosters: dict[str, list[str]]) -> tuple[str, str]:
+    """Schedule the demo's exam session (doors open now, starts in 20 minutes, WIB), import its
+    roster, and create a one-off manager login; returns ``(username, password)``."""
+    import secrets
+    from datetime import datetime, timedelta, timezone
+
+    from gateway.auth import add_user
+    from gateway.store import open_store
+    from gerbang.wire import ID_PATTERN
+
+    store = open_store(db)
+    wib = timezone(timedelta(hours=7))
+    now = datetime.now(wib).replace(microsecond=0)
+    store.upsert_session({
+        "session_id": SESSION, "centre": CENTRE, "name": "Demo SKD session 1",
+        "doors_open": (now - timedelta(minutes=5)).isoformat(),
+        "starts_at": (now + timedelta(minutes=20)).isoformat(),
+        "doors_close": (now + timedelta(minutes=30)).isoformat()})
+    entries = [{"applicant_id": person, "name": f"Peserta {person}", "room": room,
+                "seat": f"{seat:02d}"}
+               for room, people in rosters.items()
+               for seat, person in enumerate(sorted(people), start=1) if ID_PATTERN.match(person)]
+    store.replace_roster(SESSION, entries)
+    password = secrets.token_urlsafe(9)
+    add_user(store, "manager", password, "manager")
+    return "manager", password
+
+
 def _score(truth: dict[str, Visit], events: list[dict[str, Any]]) -> dict[str, int]:
     """Compare stored events with the ground truth of what each gate was shown."""
     result = {"true_accepts": 0, "false_accepts": 0, "false_rejects": 0, "true_rejects": 0,
@@ -235,6 +263,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     for room, config in zip(ROOMS, configs, strict=True):
         _write_device_config(config, room, config.parent, broker.port, broker.protocol, fps)
 
+    login = _prepare_gateway(workdir / "gateway.sqlite",
+                             {room: sorted(people) for room, people in plan.rosters.items()})
     http_port = args.http_port or free_port()
     base = f"http://127.0.0.1:{http_port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -251,9 +281,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                  "--mqtt-protocol", str(broker.protocol)], stdout=gw_log, stderr=gw_log, env=env)
         procs.append(gateway)
         _wait_http(f"{base}/healthz")
-        print(f"Gerbang demo: dashboard at {base}/  (broker {broker.name} on port {broker.port}, "
-              f"{len(plan.visits)} visits, {len(plan.strangers)} people not on any roster, "
-              f"work dir {workdir})", file=sys.stderr, flush=True)
+        print(f"Gerbang demo: dashboard at {base}/  log in as {login[0]} / {login[1]} "
+              f"(public board: {base}/board/{SESSION})\n  broker {broker.name} on port "
+              f"{broker.port}, {len(plan.visits)} visits, {len(plan.strangers)} people not on "
+              f"any roster, work dir {workdir}", file=sys.stderr, flush=True)
         devices = []
         for config in configs:
             with open(logs / f"{config.parent.name}.log", "ab") as dev_log:
@@ -277,11 +308,13 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             results.append(json.loads(lines[-1]) if lines else {})
         published = sum(r.get("published", 0) for r in results)
         # The gateway commits in batches: give it a moment to store the last ones.
+        store = open_store(workdir / "gateway.sqlite")
         settle = time.monotonic() + 20
-        while _get_json(f"{base}/api/stats")["events"] < published and time.monotonic() < settle:
+        while store.counts()["events"] < published and time.monotonic() < settle:
             time.sleep(0.2)
-        stats = _get_json(f"{base}/api/stats")
-        events = open_store(workdir / "gateway.sqlite").events()
+        stats = store.counts()
+        events = store.events()
+        board = _get_json(f"{base}/api/public/sessions/{SESSION}")
         summary = {
             "published": published, "stored": stats["events"],
             "accepted": sum(e["outcome"] == "accepted" for e in events),
@@ -289,6 +322,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             "no_face": sum(e["outcome"] == "no_face" for e in events),
             "rejected_messages": stats["rejected"], "visits": len(plan.visits),
             **_score(truth, events),
+            "board_present": sum(r["present"] for r in board["rooms"]),
+            "board_expected": sum(r["expected"] for r in board["rooms"]),
             "broker": broker.name, "faces": str(faces), "dashboard": f"{base}/",
             "workdir": str(workdir)}
         if deadline is not None:

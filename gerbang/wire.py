@@ -6,6 +6,7 @@ version it does not know instead of guessing. Topic layout (MQTT 5, QoS as liste
 
     gerbang/v1/{centre}/{device}/status      dev→gw  QoS1 retained  birth / LWT "offline"
     gerbang/v1/{centre}/{device}/events      dev→gw  QoS1            check-in events
+    gerbang/v1/{centre}/{device}/alarms      dev→gw  QoS1            door forced/held, tamper, ...
     gerbang/v1/{centre}/{device}/telemetry   dev→gw  QoS0            fps, latencies, outbox depth
     gerbang/v1/{centre}/{device}/cmd/{name}  gw→dev  QoS1            commands
     gerbang/v1/{centre}/{device}/cmd_ack     dev→gw  QoS1            command results
@@ -37,7 +38,7 @@ OUTCOMES = ("accepted", "refused", "no_face")
 QUALITY_REASONS = ("multiple_faces", "face_cut_off", "face_too_small", "off_frontal",
                    "too_dark", "overexposed", "blurred")
 REASONS = ("no_match", "no_face", "not_on_roster", "bad_frame", "no_card",
-           "duplicate_identity", *QUALITY_REASONS)
+           "duplicate_identity", "spoof_suspected", *QUALITY_REASONS)
 #: ``1:1`` when a card was read and only its owner's template was compared; ``1:N`` otherwise.
 MODES = ("1:1", "1:N")
 
@@ -62,6 +63,16 @@ def device_topic(centre: str, device: str, leaf: str) -> str:
 def events_topic(centre: str, device: str) -> str:
     """Where a device publishes its check-in events."""
     return device_topic(centre, device, "events")
+
+
+def alarms_topic(centre: str, device: str) -> str:
+    """Where a device publishes door and enclosure alarms."""
+    return device_topic(centre, device, "alarms")
+
+
+def telemetry_topic(centre: str, device: str) -> str:
+    """Where a device publishes its periodic health figures (QoS 0: the next one replaces it)."""
+    return device_topic(centre, device, "telemetry")
 
 
 def status_topic(centre: str, device: str) -> str:
@@ -231,3 +242,68 @@ def status_payload(online: bool, **details: Any) -> bytes:
     body = {"schema": SCHEMA_VERSION, "state": "online" if online else "offline",
             "ts": utc_now_iso(), **details}
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+#: What a gate reports on its ``alarms`` topic. ``door_forced``: the door contact opened with no
+#: grant, exit request or override; ``door_held_open``: open longer than allowed; ``tamper``: the
+#: enclosure switch; ``manual_override``: the proctor key was turned; ``outbox_near_full``: the
+#: device's event store is close to its disk bound; ``camera_lost``: no frames.
+ALARM_KINDS = ("door_forced", "door_held_open", "tamper", "manual_override", "exit_request",
+               "outbox_near_full", "camera_lost")
+
+
+@dataclass(frozen=True)
+class AlarmEvent:
+    """A door/enclosure/health alarm from a gate; stored once by ``alarm_id``."""
+
+    alarm_id: str
+    device_id: str
+    centre: str
+    ts: str
+    alarm: str
+    detail: str | None = None
+    kind: str = "alarm"
+    schema: int = field(default=SCHEMA_VERSION)
+
+    def to_json(self) -> bytes:
+        """Compact UTF-8 JSON, the bytes that go on the wire."""
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
+
+
+def parse_alarm(payload: bytes | str) -> AlarmEvent:
+    """Validate an alarm payload; raises WireError naming the first bad field."""
+    if isinstance(payload, bytes | bytearray):
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise WireError(f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
+        payload = payload.decode("utf-8", errors="strict")
+    try:
+        data = json.loads(payload)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WireError("alarm payload must be a JSON object")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise WireError(f"schema: unsupported version {data.get('schema')!r}")
+    allowed = {"schema", "kind", "alarm_id", "device_id", "centre", "ts", "alarm", "detail"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise WireError(f"unknown field(s): {', '.join(unknown[:5])}")
+    for name in ("kind", "alarm_id", "device_id", "centre", "ts", "alarm"):
+        if not isinstance(data.get(name), str):
+            raise WireError(f"{name}: missing or not a string")
+    if data["kind"] != "alarm":
+        raise WireError(f"kind: expected 'alarm', got {data['kind']!r}")
+    if not _EVENT_ID.match(data["alarm_id"]):
+        raise WireError("alarm_id: expected 32 lowercase hex characters")
+    _check_id("device_id", data["device_id"])
+    _check_id("centre", data["centre"])
+    if data["alarm"] not in ALARM_KINDS:
+        raise WireError(f"alarm: expected one of {ALARM_KINDS}, got {data['alarm']!r}")
+    detail = data.get("detail")
+    if detail is not None and (not isinstance(detail, str) or len(detail) > _MAX_TEXT):
+        raise WireError(f"detail: expected a string of at most {_MAX_TEXT} characters")
+    try:
+        datetime.fromisoformat(data["ts"].replace("Z", "+00:00"))
+    except ValueError:
+        raise WireError(f"ts: not an ISO 8601 time: {data['ts']!r}") from None
+    return AlarmEvent(**data)

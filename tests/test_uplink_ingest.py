@@ -136,3 +136,36 @@ def test_gateway_session_survives_a_broker_restart_while_the_gateway_is_away(
     finally:
         second.stop()
     assert [r["applicant_id"] for r in store.events()] == ["A0007"]
+
+
+def test_alarms_telemetry_and_commands_cross_the_real_broker(mosquitto, gateway):
+    store, ingest = gateway
+    received: list[mqtt.MQTTMessage] = []
+    gate = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    gate.on_message = lambda c, u, msg: received.append(msg)
+    gate.connect("127.0.0.1", mosquitto.port)
+    gate.loop_start()
+    gate.subscribe(wire.device_topic(CENTRE, DEVICE, "cmd/#"), qos=1)
+    alarm = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id=DEVICE, centre=CENTRE,
+                            ts=wire.utc_now_iso(), alarm="door_forced", detail="contact open")
+    spoofed = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id="c1-r02-b",
+                              centre=CENTRE, ts=wire.utc_now_iso(), alarm="tamper")
+    for payload in (alarm.to_json(), alarm.to_json(), spoofed.to_json()):  # one redelivery
+        gate.publish(wire.alarms_topic(CENTRE, DEVICE), payload, qos=1).wait_for_publish(5)
+    gate.publish(wire.telemetry_topic(CENTRE, DEVICE), json.dumps(
+        {"fps": 14.2, "outbox_depth": 3}), qos=1).wait_for_publish(5)
+    wait_until(lambda: store.alarms() and store.devices() and ingest.stats.rejected == 1, 10,
+               "the alarm stored, the telemetry kept, the spoofed alarm rejected")
+    assert [(a["alarm"], a["detail"]) for a in store.alarms()] == [("door_forced",
+                                                                    "contact open")]
+    assert store.devices()[0]["telemetry"] == {"fps": 14.2, "outbox_depth": 3}
+    assert "does not match topic" in store.rejects()[0]["error"]
+    # The broker handles one client's packets in order: the gate's SUBSCRIBE went before its
+    # acknowledged PUBLISHes, so its subscription is in place by now.
+    ingest.send_command(CENTRE, DEVICE, "unlock", {"reason": "wheelchair user", "by": "p1"})
+    wait_until(lambda: received, 10, "the unlock command at the gate")
+    gate.loop_stop()
+    gate.disconnect()
+    assert received[0].topic == wire.device_topic(CENTRE, DEVICE, "cmd/unlock")
+    body = json.loads(received[0].payload)
+    assert (body["command"], body["reason"], body["by"]) == ("unlock", "wheelchair user", "p1")
