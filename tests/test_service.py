@@ -19,9 +19,21 @@ from gerbang.broker import free_port
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
+def get_json(url, token=None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}
+                                     if token else {})
+    with urllib.request.urlopen(request, timeout=5) as r:
         return json.load(r)
+
+
+class GatewayApi:
+    """The running gateway's API, logged in as a viewer."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base, self.token = base, token
+
+    def get(self, path: str):
+        return get_json(self.base + path, self.token)
 
 
 def wait_http(url, timeout=30):
@@ -36,6 +48,10 @@ def wait_http(url, timeout=30):
 
 @pytest.fixture
 def gateway_proc(tmp_path, mosquitto):
+    from gateway.auth import add_user
+    from gateway.store import open_store
+
+    add_user(open_store(tmp_path / "gw.sqlite"), "viewer1", "viewer-password", "viewer")
     port = free_port()
     log = open(tmp_path / "gateway.log", "wb")
     proc = subprocess.Popen(
@@ -44,7 +60,13 @@ def gateway_proc(tmp_path, mosquitto):
         stdout=log, stderr=log, env=ENV)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz")
-    yield base
+    login = urllib.request.Request(
+        f"{base}/api/login", data=json.dumps({"username": "viewer1",
+                                              "password": "viewer-password"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(login, timeout=5) as r:
+        token = json.load(r)["token"]
+    yield GatewayApi(base, token)
     proc.terminate()
     proc.wait(timeout=15)
     log.close()
@@ -92,11 +114,11 @@ def test_frames_without_faces_and_broken_files_are_reported_not_fatal(tmp_path, 
                       "outbox_depth": 0}
     assert "cannot decode" in proc.stderr and "02-broken.jpg" in proc.stderr
     deadline = time.monotonic() + 10
-    while get_json(f"{gateway_proc}/api/stats")["events"] < 2 and time.monotonic() < deadline:
+    while gateway_proc.get("/api/stats")["events"] < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
-    events = get_json(f"{gateway_proc}/api/events")
+    events = gateway_proc.get("/api/events")
     assert sorted(e["outcome"] for e in events) == ["no_face", "no_face"]
-    assert [d["state"] for d in get_json(f"{gateway_proc}/api/devices")] == ["offline"]
+    assert [d["state"] for d in gateway_proc.get("/api/devices")] == ["offline"]
 
 
 @pytest.mark.faces
@@ -121,12 +143,12 @@ def test_enrolled_face_opens_stranger_does_not(tmp_path, mosquitto, gateway_proc
                            "--json"], capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stderr
     deadline = time.monotonic() + 10
-    while get_json(f"{gateway_proc}/api/stats")["events"] < 3 and time.monotonic() < deadline:
+    while gateway_proc.get("/api/stats")["events"] < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
-    by_frame = {e["seq"]: e for e in get_json(f"{gateway_proc}/api/events")}
+    by_frame = {e["seq"]: e for e in gateway_proc.get("/api/events")}
     assert by_frame[0]["outcome"] == "accepted" and by_frame[0]["applicant_id"] == people[0].name
     assert by_frame[1]["outcome"] == "accepted" and by_frame[1]["applicant_id"] == people[1].name
     assert by_frame[2]["outcome"] == "refused" and by_frame[2]["reason"] == "no_match"
-    rooms = get_json(f"{gateway_proc}/api/rooms")
+    rooms = gateway_proc.get("/api/rooms")
     assert rooms == [{"session": "S1", "room": "R01", "present": 2, "accepted_events": 2,
                       "refused": 1, "no_face": 0, "last_checkin": by_frame[1]["ts"], "gates": 1}]
