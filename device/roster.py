@@ -1,8 +1,11 @@
 """The room roster a gate checks faces against: applicants of one session and room.
 
 Templates are biometric data: the file is written atomically with mode 0600 and never logged.
-(Encryption at rest and signatures come with provisioning; the format carries a ``version`` so a
-newer roster can replace an older one and never the reverse.)
+This module is the roster itself and its plain JSON form (the technician's working copy, and the
+payload inside the other two forms). What travels to a gate is a signed, encrypted roster
+(``device.roster_file``); what a gate keeps is the encrypted template store
+(``device.template_store``). The format carries a ``version`` so a newer roster can replace an
+older one and never the reverse.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class Roster:
     #: Templates of the whole session (every room, no ids) used only to normalise scores
     #: (T-norm, see device.infer.match); None when the session is too small to help.
     cohort: np.ndarray | None = None
+    #: sha256 of the embedder model that made the templates (from the model manifest): a gate
+    #: running another embedder could not compare them. None in rosters made before it was kept.
+    embedder_sha256: str | None = None
 
     def gallery(self) -> Gallery:
         """Templates as a matrix for matching, with the session cohort when there is one."""
@@ -67,7 +73,14 @@ class Roster:
         }
         if self.cohort is not None:
             data["cohort"] = {"rows": int(self.cohort.shape[0]), "data": _b64(self.cohort)}
+        if self.embedder_sha256 is not None:
+            data["embedder_sha256"] = self.embedder_sha256
         return data
+
+    @property
+    def template_dim(self) -> int:
+        """Length of each template (0 for an empty roster)."""
+        return int(self.entries[0].template.size) if self.entries else 0
 
 
 def _b64(array: np.ndarray) -> str:
@@ -103,8 +116,10 @@ def roster_from_dict(data: dict[str, Any]) -> Roster:
         if dims and cohort.shape[1] not in dims:
             raise RosterError(f"roster cohort has {cohort.shape[1]}-D rows, templates {dims}")
     try:
+        embedder = data.get("embedder_sha256")
         return Roster(session=str(data["session"]), room=str(data["room"]),
-                      version=int(data["version"]), entries=tuple(entries), cohort=cohort)
+                      version=int(data["version"]), entries=tuple(entries), cohort=cohort,
+                      embedder_sha256=None if embedder is None else str(embedder))
     except KeyError as exc:
         raise RosterError(f"roster field {exc.args[0]} is missing") from None
 

@@ -1,4 +1,4 @@
-"""``gerbang-provision``: the technician's tool (models, rosters, demo faces)."""
+"""``gerbang-provision``: the technician's tool (models, rosters, roster keys, demo faces)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from device.infer.bundle import ModelBundleError
+from device.keyfile import KeyFileError
 from device.roster import RosterError
 from gerbang.logs import setup_logging
 
@@ -19,11 +20,18 @@ BUILD_SCRIPT = Path(__file__).with_name("build_models.py")
 
 
 def _cmd_roster(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from device.infer.bundle import calibrated_threshold, load_bundle
     from device.infer.pipeline import FacePipeline
     from device.roster import save_roster
     from provisioning.enroll import build_roster, face_folders
+    from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
 
+    keys = load_roster_keys(args.keys) if args.keys else None  # fail before the slow part
+    if args.signed_out and not keys:
+        log.error("--signed-out needs --keys (the centre's roster key folder)")
+        return 2
     applicants = {a: photos[: args.photos] for a, photos in face_folders(args.photos_dir).items()}
     if not applicants:
         log.error("no <applicant>/<photo> folders with images under %s", args.photos_dir)
@@ -32,7 +40,11 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
     roster, report = build_roster(pipeline, applicants, args.session, args.room, args.version,
                                   duplicate_threshold=calibrated_threshold(bundle, "cosine", 1e-4))
+    roster = replace(roster, embedder_sha256=bundle.hashes()["embedder"])
     save_roster(roster, args.out)
+    signed = None
+    if keys:
+        signed = write_signed_roster(args.signed_out or signed_path_for(args.out), roster, keys)
     for applicant, photo, why in report.rejected_photos:
         print(f"photo rejected  {applicant:>16s}  {Path(photo).name}: {why}", file=sys.stderr)
     for applicant in report.failed:
@@ -41,7 +53,8 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     for first, second, score in report.duplicates:
         print(f"SAME FACE?      {first} and {second} (similarity {score:.3f}): check both "
               "registrations before the exam", file=sys.stderr)
-    print(json.dumps({"roster": str(args.out), "session": args.session, "room": args.room,
+    print(json.dumps({"roster": str(args.out), "signed": str(signed) if signed else None,
+                      "session": args.session, "room": args.room,
                       "enrolled": len(report.enrolled), "failed": len(report.failed),
                       "rejected_photos": len(report.rejected_photos),
                       "duplicates": report.duplicates}))
@@ -65,10 +78,65 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     if len(cohort) < MIN_COHORT:
         log.warning("only %d applicants in the session: below %d the gates keep plain cosine "
                     "scores (cohort statistics would be too noisy)", len(cohort), MIN_COHORT)
+    keys = None
+    if args.keys:
+        from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
+
+        keys = load_roster_keys(args.keys)
+        unknown = [str(p) for p, r in rosters.items() if not r.embedder_sha256]
+        if unknown:  # check before any file changes
+            log.error("%s do not record which embedder made their templates; run cohort "
+                      "without --keys, then `roster-sign --bundle DIR`", ", ".join(unknown))
+            return 2
+    signed = []
     for path, roster in rosters.items():
-        save_roster(replace(roster, cohort=cohort, version=roster.version + 1), path)
+        updated = replace(roster, cohort=cohort, version=roster.version + 1)
+        save_roster(updated, path)
+        if keys:
+            signed.append(str(write_signed_roster(signed_path_for(path), updated, keys)))
     print(json.dumps({"session": sessions.pop(), "cohort": len(cohort),
-                      "rosters": [str(p) for p in rosters]}))
+                      "rosters": [str(p) for p in rosters], "signed": signed}))
+    return 0
+
+
+def _cmd_roster_sign(args: argparse.Namespace) -> int:
+    from device.infer.bundle import load_bundle
+    from device.roster import load_roster
+    from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
+
+    keys = load_roster_keys(args.keys)
+    embedder = load_bundle(args.bundle).hashes()["embedder"] if args.bundle else None
+    written = []
+    for path in args.rosters:
+        roster = load_roster(path)
+        out = write_signed_roster(signed_path_for(path), roster, keys, embedder)
+        written.append({"roster": str(path), "signed": str(out), "session": roster.session,
+                        "room": roster.room, "version": roster.version,
+                        "applicants": len(roster.entries)})
+    print(json.dumps({"centre": keys.centre, "signing_key_id": keys.key_id,
+                      "signed": written}))
+    return 0
+
+
+def _cmd_roster_key_create(args: argparse.Namespace) -> int:
+    from provisioning.signing import create_roster_keys
+
+    keys = create_roster_keys(args.keys, args.centre)
+    print(json.dumps({"centre": keys.centre, "keys": str(keys.directory),
+                      "signing_key_id": keys.key_id}))
+    print(f"Roster keys for centre {keys.centre} are in {keys.directory}. Back this folder up "
+          "offline: without it no new roster can be signed for the gates that trust key "
+          f"{keys.key_id}.", file=sys.stderr)
+    return 0
+
+
+def _cmd_roster_key_export(args: argparse.Namespace) -> int:
+    from provisioning.signing import export_device_keys, load_roster_keys
+
+    keys = load_roster_keys(args.keys)
+    files = export_device_keys(keys, args.room, args.out)
+    print(json.dumps({"centre": keys.centre, "room": args.room, "signing_key_id": keys.key_id,
+                      **{name: str(path) for name, path in files.items()}}))
     return 0
 
 
@@ -96,11 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; help texts are written for the technician on site."""
     parser = argparse.ArgumentParser(
         prog="gerbang-provision",
-        description="Gerbang technician tool: check and build the face-model bundle, and enroll "
-                    "applicants into room rosters for the gates.",
-        epilog="Typical use before an exam session: `gerbang-provision roster --photos-dir "
-               "photos/R01 --session S1 --room R01 --out R01.roster.json`, then copy the roster "
-               "to the room's gates as <data_dir>/roster.json.")
+        description="Gerbang technician tool: check and build the face-model bundle, enroll "
+                    "applicants into room rosters, and sign them for the gates.",
+        epilog="Typical use: once per centre `gerbang-provision roster-key create --centre c01 "
+               "--keys keys/c01`, and once per gate `gerbang-provision roster-key export --keys "
+               "keys/c01 --room R01 --out bundles/c01-r01-a`. Before each exam session: "
+               "`gerbang-provision roster --photos-dir photos/R01 --session S1 --room R01 "
+               "--out R01.roster.json --keys keys/c01`, which also writes R01.roster.signed: "
+               "the signed, encrypted copy the room's gates accept. (Until the gate service "
+               "installs signed rosters, `gerbang-device run` still reads the plain roster, "
+               "copied as <data_dir>/roster.json.)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -121,7 +194,62 @@ def build_parser() -> argparse.ArgumentParser:
                         help="roster version; a gate keeps the highest it has seen")
     roster.add_argument("--bundle", type=Path, help="model bundle dir (default: shipped one)")
     roster.add_argument("--threads", type=int, default=2, help="CPU threads for the models")
+    roster.add_argument("--keys", type=Path, metavar="DIR",
+                        help="the centre's roster key folder (from `roster-key create`): also "
+                             "write the signed, encrypted roster for the gates")
+    roster.add_argument("--signed-out", type=Path, metavar="FILE",
+                        help="where to write the signed roster (default: next to --out, ending "
+                             "in .signed, e.g. R01.roster.signed)")
     roster.set_defaults(func=_cmd_roster)
+
+    sign = sub.add_parser(
+        "roster-sign", help="sign room rosters for the gates (after editing or `cohort`)",
+        description="Make the signed, encrypted copy of each roster file that the gates accept: "
+                    "R01.roster.json becomes R01.roster.signed next to it. The gates check the "
+                    "signature, the centre, session and room, and that the templates were made "
+                    "with the model they run; the names and templates inside can be read only by "
+                    "the gates of that room. The plain .json files stay on this machine: never "
+                    "copy them to a gate.")
+    sign.add_argument("rosters", type=Path, nargs="+", help="roster files (.json) to sign")
+    sign.add_argument("--keys", type=Path, metavar="DIR", required=True,
+                      help="the centre's roster key folder (from `roster-key create`)")
+    sign.add_argument("--bundle", type=Path,
+                      help="model bundle that made the templates, for rosters made before "
+                           "rosters recorded it (default: the model recorded in the roster)")
+    sign.set_defaults(func=_cmd_roster_sign)
+
+    rkey = sub.add_parser(
+        "roster-key", help="make the centre's roster keys, and export a gate's share of them",
+        description="Roster keys protect the applicant lists: the centre's signing key proves a "
+                    "roster comes from you, and each room's transport key keeps the names and "
+                    "templates unreadable on the way to the gates. Make them once per centre "
+                    "(`create`), then give every gate its share (`export`). The key folder "
+                    "stays on this machine, with mode 0700; back it up offline.")
+    ksub = rkey.add_subparsers(dest="roster_key_command", required=True, metavar="ACTION")
+    kcreate = ksub.add_parser(
+        "create", help="make a centre's roster keys (once per centre)",
+        description="Writes roster-signing.key (the secret that signs rosters), "
+                    "roster-signing.pub (what gates trust), roster-transport-master.key (the "
+                    "secret each room's key is made from) and roster-keys.json into the folder. "
+                    "Refuses to overwrite existing keys: gates trust the current ones, and "
+                    "would refuse rosters signed with new ones until they get new keys.")
+    kcreate.add_argument("--centre", required=True, help="centre id, e.g. c01")
+    kcreate.add_argument("--keys", type=Path, metavar="DIR", required=True,
+                         help="folder to create the keys in, e.g. keys/c01")
+    kcreate.set_defaults(func=_cmd_roster_key_create)
+    kexport = ksub.add_parser(
+        "export", help="write one gate's roster keys into its bundle folder",
+        description="Writes into the gate's folder: roster-signing.pub (to check rosters), "
+                    "roster-transport.key (opens rosters for its room only) and storage.key "
+                    "(the gate's own key for the templates it keeps; made once, never "
+                    "replaced). Use one folder per gate. On the Pi the key files go to "
+                    "/etc/gerbang/keys/, owner the gerbang user, mode 0600.")
+    kexport.add_argument("--keys", type=Path, metavar="DIR", required=True,
+                         help="the centre's roster key folder")
+    kexport.add_argument("--room", required=True, help="room the gate guards, e.g. R01")
+    kexport.add_argument("--out", type=Path, required=True, metavar="DIR",
+                         help="the gate's bundle folder, e.g. bundles/c01-r01-a")
+    kexport.set_defaults(func=_cmd_roster_key_export)
 
     cohort = sub.add_parser(
         "cohort", help="give a session's room rosters the session-wide score cohort",
@@ -130,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "normalise scores against it (T-norm), which is stricter on faces that "
                     "resemble many people. Needs at least 100 applicants in the session.")
     cohort.add_argument("rosters", type=Path, nargs="+", help="the session's room roster files")
+    cohort.add_argument("--keys", type=Path, metavar="DIR",
+                        help="the centre's roster key folder: also write each roster's signed "
+                             "copy (.signed), since the version changed")
     cohort.set_defaults(func=_cmd_cohort)
 
     models = sub.add_parser("models", help="check or rebuild the face-model bundle",
@@ -161,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("gerbang-provision", args.verbose)
     try:
         return args.func(args)
-    except (ModelBundleError, RosterError, FileNotFoundError, RuntimeError) as exc:
+    except (ModelBundleError, RosterError, KeyFileError, FileNotFoundError,
+            RuntimeError) as exc:
         log.error("%s", exc)
         return 2
 
