@@ -16,7 +16,7 @@ import numpy as np
 from device.capture import Frame, FrameSource
 from device.card import read_card
 from device.config import GateIdentity
-from device.gate.door import DoorSignal
+from device.gate.door import Door
 from device.infer.pipeline import FacePipeline
 from device.infer.quality import QualityConfig, assess
 from device.outbox import Outbox
@@ -59,7 +59,7 @@ class CheckinLoop:
     """
 
     def __init__(self, pipeline: FacePipeline, roster: Roster, policy: MatchPolicy,
-                 quality: QualityConfig, door: DoorSignal, outbox: Outbox,
+                 quality: QualityConfig, door: Door, outbox: Outbox,
                  identity: GateIdentity, on_recorded: Callable[[], None] | None = None,
                  read_cards: bool = True) -> None:
         self.pipeline = pipeline

@@ -116,27 +116,104 @@ class MatchConfig:
                 f"out of range: {self.threshold}")
 
 
+#: BCM pins 2 and 3 carry the Pi's fixed 1.8 kΩ pull-ups (I²C); 0 and 1 belong to the HAT
+#: EEPROM and 28+ are not on the 40-pin header.
+BCM_PINS = range(2, 28)
+
+
+@dataclass
+class SwitchConfig:
+    """One switch input (door contact, exit button, override key, tamper switch).
+
+    Every key is required once the table is written, because the defaults differ per switch
+    (a reed switch reads high when the door opens; a button to ground reads low when pressed)
+    and a half-written table would silently invert one of them.
+    """
+
+    pin: int
+    #: The resistor holding the line when the switch is open: "up" or "down" (the Pi's own),
+    #: or "none" when the board has its own resistor.
+    pull: str
+    #: The level that means *on*: door open, button pressed, key turned, enclosure open.
+    active: str
+    #: Ignore changes shorter than this (contact bounce; a reed switch chatters as a door shuts).
+    bounce_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        require(self.pin in BCM_PINS, "pin", f"BCM pin must be 2..27, got {self.pin}")
+        require(self.pull in ("up", "down", "none"), "pull",
+                f"must be up, down or none (external resistor), got {self.pull!r}")
+        require(self.active in ("high", "low"), "active",
+                f"must be high or low (the level meaning on), got {self.active!r}")
+        require(self.pin not in (2, 3) or self.pull == "up", "pull",
+                f"BCM {self.pin} has a fixed pull-up on the Pi, so pull must be 'up'")
+        require(0 <= self.bounce_s <= 1, "bounce_s", f"must be 0..1 seconds, got {self.bounce_s}")
+
+
 @dataclass
 class GpioConfig:
-    """BCM pin numbers of the door hardware."""
+    """The door hardware: BCM pin map, polarities and timings (see ``device/gate``).
+
+    Default wiring: switches to ground with the Pi's pull-ups; a reed door contact that is
+    closed while the door is shut (open door reads high) and a tamper switch held closed by
+    the enclosure lid (open lid reads high); buttons and key switch read low when on.
+    """
 
     pin_factory: str = "auto"
     relay_pin: int = 17
-    green_pin: int = 27
-    red_pin: int = 22
+    #: False for the common active-low relay boards (the relay is energised by a low pin).
     relay_active_high: bool = True
+    #: How long a grant, exit button or override key releases the lock.
     relay_pulse_s: float = 3.0
+    #: False (fail-secure): the relay is energised only to release the lock, so a stopped
+    #: service or a Pi without power leaves the door locked. True (fail-safe, where fire
+    #: regulations require it): the relay is energised to *hold* the lock and the pulse
+    #: de-energises it, so a stopped service or a Pi without power releases the door.
+    fail_safe: bool = False
+    #: RGB status LED channels; led_active_high = False for a common-anode LED.
+    red_pin: int = 22
+    green_pin: int = 27
+    blue_pin: int = 23
+    led_active_high: bool = True
+    buzzer_pin: int = 24
+    buzzer_active_high: bool = True
+    door_contact: SwitchConfig = field(
+        default_factory=lambda: SwitchConfig(5, pull="up", active="high"))
+    exit_button: SwitchConfig = field(
+        default_factory=lambda: SwitchConfig(6, pull="up", active="low"))
+    override_key: SwitchConfig = field(
+        default_factory=lambda: SwitchConfig(16, pull="up", active="low"))
+    tamper: SwitchConfig = field(
+        default_factory=lambda: SwitchConfig(26, pull="up", active="high"))
+    #: A door open longer than this raises ``door_held_open``.
+    held_open_s: float = 30.0
+    #: A door opening this soon after the lock re-locks or the exit button is pressed is still
+    #: a permitted one (people push the door as the pulse ends), not ``door_forced``.
+    open_grace_s: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.pin_factory in ("auto", "native", "mock"), "pin_factory",
                 f"must be auto, native or mock, got {self.pin_factory!r}")
-        pins = {"relay_pin": self.relay_pin, "green_pin": self.green_pin, "red_pin": self.red_pin}
-        for name, pin in pins.items():
-            require(2 <= pin <= 27, name, f"BCM pin must be 2..27, got {pin}")
-        require(len(set(pins.values())) == len(pins), "relay_pin",
-                f"pins must differ, got {pins}")
-        require(0.5 <= self.relay_pulse_s <= 30, "relay_pulse_s",
-                f"must be 0.5..30 seconds, got {self.relay_pulse_s}")
+        outputs = {"relay_pin": self.relay_pin, "red_pin": self.red_pin,
+                   "green_pin": self.green_pin, "blue_pin": self.blue_pin,
+                   "buzzer_pin": self.buzzer_pin}
+        for name, pin in outputs.items():
+            require(pin in BCM_PINS, name, f"BCM pin must be 2..27, got {pin}")
+        switches = {f"{name}.pin": getattr(self, name).pin
+                    for name in ("door_contact", "exit_button", "override_key", "tamper")}
+        owner: dict[int, str] = {}
+        for name, pin in {**outputs, **switches}.items():
+            # Name the first user of the pin and mention the second: either may be the typo.
+            require(pin not in owner, owner.get(pin, name),
+                    f"BCM {pin} is also {name}; each pin is wired to one thing")
+            owner[pin] = name
+        require(0.2 <= self.relay_pulse_s <= 30, "relay_pulse_s",
+                f"must be 0.2..30 seconds, got {self.relay_pulse_s}")
+        require(self.relay_pulse_s < self.held_open_s <= 600, "held_open_s",
+                f"must be longer than relay_pulse_s ({self.relay_pulse_s}) and at most 600 "
+                f"seconds, got {self.held_open_s}")
+        require(0 <= self.open_grace_s <= 10, "open_grace_s",
+                f"must be 0..10 seconds, got {self.open_grace_s}")
 
 
 @dataclass

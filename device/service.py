@@ -13,7 +13,7 @@ from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.replay import ReplaySource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.config import CaptureConfig, DeviceConfig
-from device.gate.door import DoorSignal
+from device.gate.gate import Gate
 from device.gate.pins import use_pin_factory
 from device.infer.bundle import calibrated_threshold, load_bundle
 from device.infer.pipeline import FacePipeline
@@ -78,8 +78,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
              config.match.target_far, "" if config.match.threshold is None else " [override]")
 
     use_pin_factory(config.gpio.pin_factory)
-    door = DoorSignal(config.gpio.relay_pin, config.gpio.green_pin, config.gpio.red_pin,
-                      config.gpio.relay_pulse_s, config.gpio.relay_active_high)
+    door = Gate(config.gpio)
     outbox = Outbox(config.outbox_path)
     if outbox.depth():
         log.info("outbox holds %d unsent events from before; sending them first", outbox.depth())

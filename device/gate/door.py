@@ -1,61 +1,58 @@
-"""The door signal: a timed lock-relay pulse plus green/red status LEDs."""
+"""What the check-in loop needs from a door, and the minimal door (relay + two LEDs)."""
 
 from __future__ import annotations
 
-import threading
+from typing import Protocol
 
-from gpiozero import LED, OutputDevice
+from gpiozero import LED
+
+from device.gate.lock import LockRelay
+
+
+class Door(Protocol):
+    """A door the check-in loop can open or refuse: :class:`device.gate.gate.Gate` on the full
+    hardware, :class:`DoorSignal` on the minimal one."""
+
+    def grant(self) -> None:
+        """Release the lock for one pulse and show acceptance."""
+
+    def refuse(self) -> None:
+        """Show refusal; the door stays locked."""
 
 
 class DoorSignal:
-    """Opens the door for ``pulse_s`` on a grant and shows the result on the LEDs.
+    """The minimal door: a lock relay pulse plus green and red LEDs (no contacts, no buzzer).
 
-    The relay is switched off by its own timer, so whatever happens to the caller afterwards the
-    lock re-engages (fail-secure). Showing a refusal never touches the relay.
+    For gates wired without switches and for check-in tests; the service drives the full
+    :class:`~device.gate.gate.Gate`. The relay re-locks on its own timer (see LockRelay).
     """
 
     def __init__(self, relay_pin: int, green_pin: int, red_pin: int, pulse_s: float = 3.0,
                  relay_active_high: bool = True) -> None:
-        self.relay = OutputDevice(relay_pin, active_high=relay_active_high, initial_value=False)
+        self.lock = LockRelay(relay_pin, pulse_s, active_high=relay_active_high)
         self.green = LED(green_pin)
         self.red = LED(red_pin)
         self.pulse_s = pulse_s
-        self._lock = threading.Lock()  # one pulse at a time: a grant during a pulse extends it
-        self._timer: threading.Timer | None = None
 
     def grant(self) -> None:
-        """Unlock for ``pulse_s`` seconds and show green."""
-        with self._lock:
-            if self._timer:
-                self._timer.cancel()
-            self.red.off()
-            self.relay.on()
-            self.green.on()
-            self._timer = threading.Timer(self.pulse_s, self._relock)
-            self._timer.daemon = True
-            self._timer.start()
+        """Unlock for ``pulse_s`` seconds and show green for as long."""
+        self.red.off()
+        self.lock.release()
+        self.green.on()  # now, not when the blink thread first runs
+        self.green.blink(on_time=self.pulse_s, off_time=0, n=1)  # off again after the pulse
 
     def refuse(self) -> None:
         """Flash red (three blinks); the door stays locked."""
         self.green.off()
         self.red.blink(on_time=0.2, off_time=0.2, n=3)
 
-    def _relock(self) -> None:
-        with self._lock:
-            self.relay.off()
-            self.green.off()
-            self._timer = None
-
     @property
     def unlocked(self) -> bool:
-        """Whether the lock relay is energised right now."""
-        return bool(self.relay.value)
+        """Whether the lock relay is released right now."""
+        return self.lock.released
 
     def close(self) -> None:
         """Lock and release the pins."""
-        with self._lock:
-            if self._timer:
-                self._timer.cancel()
-        self.relay.off()
-        for dev in (self.relay, self.green, self.red):
-            dev.close()
+        self.lock.close()
+        self.green.close()
+        self.red.close()

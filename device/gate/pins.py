@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from gpiozero import Device
+from gpiozero import Device, Pin
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +35,18 @@ def use_pin_factory(kind: str = "auto") -> str:
     elif kind != "native":
         raise ValueError(f"gpio.pin_factory must be auto, native or mock, got {kind!r}")
     return kind
+
+
+def rest_mock_pin(pin: Pin, high: bool) -> None:
+    """Drive an input pin to its resting level when it is a MockFactory pin (no-op otherwise).
+
+    Mock pins have no wiring, so they float to whatever the pull gives; a demo gate would then
+    start with its door contact and tamper switch reading "open" and raise alarms at once.
+    """
+    from gpiozero.pins.mock import MockPin
+
+    if isinstance(pin, MockPin):
+        if high:
+            pin.drive_high()
+        else:
+            pin.drive_low()
