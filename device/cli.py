@@ -122,6 +122,56 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_pad() -> Path:
+    return Path(os.environ.get("GERBANG_DATA", "../shared/data")) / "pad" / "gc535"
+
+
+def _cmd_pad_eval(args: argparse.Namespace) -> int:
+    from device.infer.liveness import LivenessConfig, PassiveLiveness
+    from device.infer.pipeline import FacePipeline
+    from device.pad_eval import (
+        _images,
+        default_check,
+        evaluate_sequences,
+        evaluate_stills,
+        gc535_test_split,
+    )
+
+    bundle = load_bundle(args.bundle)
+    pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
+    passive = PassiveLiveness.from_json(bundle=bundle, threads=args.threads)
+    show = not args.json
+    if args.faces:
+        photos = [sorted(p for p in person.iterdir() if p.is_file())[0]
+                  for person in sorted(args.faces.iterdir()) if person.is_dir()]
+        photos = photos[: args.limit] if args.limit else photos
+        config = LivenessConfig(passive=not args.no_passive)
+        result = evaluate_sequences(pipeline, default_check(passive, config), photos,
+                                    fps=args.fps, seed=args.seed, show_progress=show)
+    else:
+        if args.live and args.spoof:
+            live = _images(args.live)
+            subdirs = [d for d in sorted(args.spoof.iterdir()) if d.is_dir()]
+            spoof = ({d.name: _images(d) for d in subdirs} if subdirs
+                     else {"attack": _images(args.spoof)})
+            source = {"live": str(args.live), "spoof": str(args.spoof)}
+        elif args.live or args.spoof:
+            raise ConfigError("give both --live DIR and --spoof DIR (or neither)")
+        else:
+            root = _default_pad()
+            if not (root / "live").is_dir():
+                raise ConfigError(f"no PAD data at {root}: pass --live DIR --spoof DIR")
+            live, attacks = gc535_test_split(root, passive.record)
+            spoof = {"recapture": attacks}
+            source = {"gc535_test_split": str(root)}
+        live, spoof = (live[: args.limit], {k: v[: args.limit] for k, v in spoof.items()}) \
+            if args.limit else (live, spoof)
+        result = {**evaluate_stills(pipeline, passive, live, spoof, show_progress=show),
+                  "source": source}
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -175,6 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="compact JSON on one line")
     bench.add_argument("--bundle", type=Path, default=None, help="model bundle directory")
     bench.set_defaults(func=_cmd_bench)
+
+    pad = sub.add_parser(
+        "pad-eval", help="measure liveness: APCER / BPCER (ISO/IEC 30107-3)",
+        description="Stills (default: the held-out gc535 test split; or --live DIR --spoof "
+                    "DIR, a spoof folder's sub-folders being attack species): the passive "
+                    "classifier alone, APCER and BPCER at the shipped threshold. --faces DIR: "
+                    "the whole liveness step (random challenge, 3-D check, passive) on photo "
+                    "attacks synthesized from one photo per person (still, moved, bent), "
+                    "APCER per attack. Bona fide sequences need real people: see "
+                    "docs/liveness.md for the field test protocol.")
+    pad.add_argument("--live", type=Path, help="folder of bona fide face images")
+    pad.add_argument("--spoof", type=Path, help="folder of attack images (sub-folder = type)")
+    pad.add_argument("--faces", type=Path, help="<person>/<image> folder to synthesize "
+                                                "photo-attack sequences from")
+    pad.add_argument("--limit", type=int, default=None, help="at most N images/photos each")
+    pad.add_argument("--fps", type=float, default=15.0, help="camera rate for sequences")
+    pad.add_argument("--seed", type=int, default=0)
+    pad.add_argument("--no-passive", action="store_true",
+                     help="sequences: judge without the passive classifier")
+    pad.add_argument("--threads", type=int, default=2)
+    pad.add_argument("--json", action="store_true", help="one JSON object on one line")
+    pad.add_argument("--bundle", type=Path, default=None, help="model bundle directory")
+    pad.set_defaults(func=_cmd_pad_eval)
     return parser
 
 
