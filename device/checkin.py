@@ -17,8 +17,9 @@ from device.capture import Frame, FrameSource
 from device.card import read_card
 from device.config import GateIdentity
 from device.gate.door import Door
-from device.infer.pipeline import FacePipeline
+from device.infer.pipeline import FacePipeline, FaceReading
 from device.infer.quality import QualityConfig, assess
+from device.liveness_gate import LivenessGate
 from device.outbox import Outbox
 from device.roster import Roster
 from gerbang import wire
@@ -61,7 +62,7 @@ class CheckinLoop:
     def __init__(self, pipeline: FacePipeline, roster: Roster, policy: MatchPolicy,
                  quality: QualityConfig, door: Door, outbox: Outbox,
                  identity: GateIdentity, on_recorded: Callable[[], None] | None = None,
-                 read_cards: bool = True) -> None:
+                 read_cards: bool = True, liveness: LivenessGate | None = None) -> None:
         self.pipeline = pipeline
         self.roster = roster
         self.gallery = roster.gallery()
@@ -73,6 +74,10 @@ class CheckinLoop:
         self.identity = identity
         self.on_recorded = on_recorded or (lambda: None)
         self.read_cards = read_cards
+        #: With liveness on, a match is only a claim: the face must then pass the liveness
+        #: step (challenge, 3-D, passive) on the following frames before the door opens.
+        self.liveness = liveness
+        self.last_reading: FaceReading | None = None
         self.counts = {"accepted": 0, "refused": 0, "no_face": 0}
 
     def decide(self, frame: Frame) -> Decision | None:
@@ -83,6 +88,7 @@ class CheckinLoop:
         except Exception:  # a corrupt frame or runtime fault must not take the gate down
             log.exception("frame %s: inference failed; refusing", frame.index)
             return self._decision(frame, "refused", "bad_frame")
+        self.last_reading = reading
         card_id = card.applicant_id if card else None
         _, problem = assess(reading, frame.image.shape, self.quality)
         if problem == "no_face":
@@ -145,9 +151,78 @@ class CheckinLoop:
         self.on_recorded()
         return seq
 
+    def record_alarm(self, alarm: str, detail: str | None = None) -> int:
+        """Commit an alarm to the outbox (same durable queue and seq as the events)."""
+        ident = self.identity
+
+        def build(seq: int) -> tuple[str, bytes]:
+            message = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id=ident.device_id,
+                                      centre=ident.centre, seq=seq, ts=wire.utc_now_iso(),
+                                      alarm=alarm, detail=detail)
+            return wire.alarms_topic(ident.centre, ident.device_id), message.to_json()
+
+        seq = self.outbox.append(build)
+        self.on_recorded()
+        return seq
+
+    def _liveness_step(self, frame: Frame, decision: Decision | None) -> Decision | None:
+        """Turn a match into a challenge, or a finished challenge into a decision."""
+        assert self.liveness is not None
+        liveness = self.liveness
+        if liveness.pending is not None:
+            try:
+                reading = self.pipeline.read(frame.image)
+            except Exception:
+                log.exception("frame %s: inference failed during the liveness step", frame.index)
+                reading = None
+            verdict = liveness.feed(reading, frame.image, frame.ts)
+            if verdict is None:
+                return None  # still answering; the screen keeps the prompt
+            claim, liveness.pending = liveness.pending, None
+            claimed: Decision = claim.decision_fields["decision"]  # type: ignore[assignment]
+            if verdict.live:
+                return self._decision(frame, "accepted", None, claimed.applicant_id,
+                                      claimed.score, card_id=claimed.card_id, mode=claimed.mode)
+            log.warning("liveness refused card/applicant %s: %s", claim.key, verdict.detail)
+            if verdict.locked:
+                log.warning("%s locked at this gate after repeated liveness failures", claim.key)
+                self.record_alarm("card_locked", f"{claim.key}: {verdict.reason}")
+            return self._decision(frame, "refused", verdict.reason, score=claimed.score,
+                                  card_id=claimed.card_id, mode=claimed.mode)
+        if decision is None or decision.outcome != "accepted":
+            return decision
+        key = decision.card_id or decision.applicant_id or ""
+        fields: dict[str, object] = {"decision": decision}
+        if liveness.is_locked(key, frame.ts):
+            return self._decision(frame, "refused", "card_locked", score=decision.score,
+                                  card_id=decision.card_id, mode=decision.mode)
+        reading = self.last_reading
+        assert reading is not None
+        if liveness.begin(key, reading, frame.ts, fields) is not None:
+            self._show("look_at_camera")
+            return None
+        verdict = liveness.judge_now(key, reading, frame.image, frame.ts)
+        liveness.pending = None
+        if verdict.live:
+            return decision
+        if verdict.locked:
+            self.record_alarm("card_locked", f"{key}: {verdict.reason}")
+        return self._decision(frame, "refused", verdict.reason, score=decision.score,
+                              card_id=decision.card_id, mode=decision.mode)
+
+    def _show(self, state: str) -> None:
+        show = getattr(self.door, "show", None)
+        if show is not None:
+            show(state)
+
     def handle(self, frame: Frame, report_no_face: bool) -> Decision | None:
         """Decide, record, then signal the door (in that order)."""
-        decision = self.decide(frame)
+        if self.liveness is not None and self.liveness.pending is not None:
+            decision = self._liveness_step(frame, None)
+        else:
+            decision = self.decide(frame)
+            if self.liveness is not None:
+                decision = self._liveness_step(frame, decision)
         if decision is None or (decision.outcome == "no_face" and not report_no_face):
             return None
         seq = self.record(decision)

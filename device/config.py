@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from device.infer.quality import QualityConfig
+from device.liveness_gate import LivenessGateConfig
 from gerbang import wire
 from gerbang.config import BrokerConfig, ConfigError, load_section, read_toml, require
 
@@ -227,6 +228,7 @@ class DeviceConfig:
     match: MatchConfig = field(default_factory=MatchConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    liveness: LivenessGateConfig = field(default_factory=LivenessGateConfig)
     #: After a replay ends, how long to wait for the outbox to drain before exiting.
     drain_timeout_s: float = 30.0
 

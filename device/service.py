@@ -13,14 +13,16 @@ from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.replay import ReplaySource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.config import CaptureConfig, DeviceConfig
-from device.gate.gate import Gate
+from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
-from device.infer.bundle import calibrated_threshold, load_bundle
+from device.infer.bundle import ModelBundle, calibrated_threshold, load_bundle
+from device.infer.liveness import LivenessCheck, LivenessConfig, PassiveLiveness
 from device.infer.pipeline import FacePipeline
+from device.liveness_gate import LivenessGate
 from device.outbox import Outbox
 from device.roster import load_roster
 from device.uplink import Uplink
-from gerbang import __version__
+from gerbang import __version__, wire
 from gerbang.sdnotify import SystemdNotifier
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,21 @@ def open_source(capture: CaptureConfig) -> FrameSource:
     return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
 
 
+def _liveness_gate(config: DeviceConfig, bundle: ModelBundle) -> LivenessGate | None:
+    """The liveness step as configured (None when off), its models loaded and checked."""
+    cfg = config.liveness
+    if not cfg.enabled:
+        log.info("liveness off (config [liveness] enabled = false)")
+        return None
+    passive = PassiveLiveness.from_json(bundle=bundle, threads=config.models.threads,
+                                        runtime=config.models.runtime) if cfg.passive else None
+    check = LivenessCheck(LivenessConfig(passive=cfg.passive, planarity=cfg.planarity), passive)
+    log.info("liveness on: challenge %s (%s, %.1fs), passive %s, 3-D %s; %d failures in %.0fs "
+             "lock a card for %.0fs", cfg.challenge, "/".join(cfg.actions), cfg.timeout_s,
+             cfg.passive, cfg.planarity, cfg.max_failures, cfg.window_s, cfg.lockout_s)
+    return LivenessGate(cfg, check)
+
+
 def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
     """Run the gate until the frame source ends (replay) or ``stop`` is set / SIGTERM arrives.
 
@@ -77,8 +94,17 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
              roster.version, len(roster.entries), gallery.score_kind, threshold,
              config.match.target_far, "" if config.match.threshold is None else " [override]")
 
+    liveness = _liveness_gate(config, bundle)
     use_pin_factory(config.gpio.pin_factory)
-    door = Gate(config.gpio)
+    loop_ref: list[CheckinLoop] = []
+
+    def on_gate_event(event: GateEvent) -> None:
+        # Door alarms and manual openings go to the gateway through the same durable outbox.
+        if loop_ref and event.kind in wire.ALARM_KINDS:
+            detail = ", ".join(f"{k}={v}" for k, v in sorted(event.details.items())) or None
+            loop_ref[0].record_alarm(event.kind, detail)
+
+    door = Gate(config.gpio, on_event=on_gate_event)
     outbox = Outbox(config.outbox_path)
     if outbox.depth():
         log.info("outbox holds %d unsent events from before; sending them first", outbox.depth())
@@ -92,7 +118,9 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
             signal.signal(sig, lambda *_: stop.set())
 
     loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
-                       config.quality, door, outbox, ident, on_recorded=uplink.notify)
+                       config.quality, door, outbox, ident, on_recorded=uplink.notify,
+                       liveness=liveness)
+    loop_ref.append(loop)
     source = open_source(config.capture)
     systemd = SystemdNotifier()
     systemd.ready(f"gate {ident.device_id} room {ident.room}: {len(roster.entries)} applicants")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 SEVERITY = {"door_forced": "high", "tamper": "high", "spoof_suspected": "high",
+            "card_locked": "high",
             "duplicate_identity": "high", "device_offline": "medium",
             "door_held_open": "medium", "camera_lost": "medium", "outbox_near_full": "medium",
             "rejected_message": "low", "manual_override": "info", "exit_request": "info"}

@@ -67,6 +67,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE devices ADD COLUMN telemetry TEXT;
         ALTER TABLE devices ADD COLUMN telemetry_at {real};
     """),
+    (3, "alarms carry the device seq they share with events", """
+        ALTER TABLE alarms ADD COLUMN seq BIGINT;
+    """),
 ]
 
 _ROOM_SUMMARY = """
@@ -145,13 +148,14 @@ class Store:
     def record_alarms(self, alarms: Iterable[AlarmEvent]) -> int:
         """Store alarms not seen before (redeliveries change nothing); returns how many new."""
         now = time.time()
-        rows = [(a.alarm_id, a.device_id, a.centre, a.alarm, a.ts, a.detail, now)
+        rows = [(a.alarm_id, a.device_id, a.centre, a.seq, a.alarm, a.ts, a.detail, now)
                 for a in alarms]
         if not rows:
             return 0
         return self._executemany(
-            "INSERT INTO alarms (alarm_id, device_id, centre, alarm, ts, detail, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id) DO NOTHING", rows)
+            "INSERT INTO alarms (alarm_id, device_id, centre, seq, alarm, ts, detail, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id) DO NOTHING",
+            rows)
 
     def record_telemetry(self, device_id: str, centre: str, telemetry: dict[str, Any]) -> None:
         """Keep only a device's latest telemetry (history belongs in a metrics system)."""

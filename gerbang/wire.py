@@ -37,8 +37,13 @@ OUTCOMES = ("accepted", "refused", "no_face")
 #: entry better than the card's owner (a possible proxy, flagged for the proctor).
 QUALITY_REASONS = ("multiple_faces", "face_cut_off", "face_too_small", "off_frontal",
                    "too_dark", "overexposed", "blurred")
+#: Liveness refusals: ``spoof_suspected`` (the passive classifier or the 3-D check judged the
+#: face a photo or screen), ``challenge_timeout`` (the asked action never came),
+#: ``challenge_failed`` (another action, or another face, answered), ``card_locked`` (too many
+#: failed liveness attempts with this card at this gate: a proctor must see the applicant).
+LIVENESS_REASONS = ("spoof_suspected", "challenge_timeout", "challenge_failed", "card_locked")
 REASONS = ("no_match", "no_face", "not_on_roster", "bad_frame", "no_card",
-           "duplicate_identity", "spoof_suspected", *QUALITY_REASONS)
+           "duplicate_identity", *LIVENESS_REASONS, *QUALITY_REASONS)
 #: ``1:1`` when a card was read and only its owner's template was compared; ``1:N`` otherwise.
 MODES = ("1:1", "1:N")
 
@@ -247,9 +252,11 @@ def status_payload(online: bool, **details: Any) -> bytes:
 #: What a gate reports on its ``alarms`` topic. ``door_forced``: the door contact opened with no
 #: grant, exit request or override; ``door_held_open``: open longer than allowed; ``tamper``: the
 #: enclosure switch; ``manual_override``: the proctor key was turned; ``outbox_near_full``: the
-#: device's event store is close to its disk bound; ``camera_lost``: no frames.
+#: device's event store is close to its disk bound; ``camera_lost``: no frames;
+#: ``card_locked``: repeated failed liveness with one card (``detail`` names the card).
+#: Alarms share the device's ``seq`` with its events (one outbox), so a gap means a loss.
 ALARM_KINDS = ("door_forced", "door_held_open", "tamper", "manual_override", "exit_request",
-               "outbox_near_full", "camera_lost")
+               "outbox_near_full", "camera_lost", "card_locked")
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,7 @@ class AlarmEvent:
     alarm_id: str
     device_id: str
     centre: str
+    seq: int
     ts: str
     alarm: str
     detail: str | None = None
@@ -284,13 +292,17 @@ def parse_alarm(payload: bytes | str) -> AlarmEvent:
         raise WireError("alarm payload must be a JSON object")
     if data.get("schema") != SCHEMA_VERSION:
         raise WireError(f"schema: unsupported version {data.get('schema')!r}")
-    allowed = {"schema", "kind", "alarm_id", "device_id", "centre", "ts", "alarm", "detail"}
+    allowed = {"schema", "kind", "alarm_id", "device_id", "centre", "seq", "ts", "alarm",
+               "detail"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise WireError(f"unknown field(s): {', '.join(unknown[:5])}")
     for name in ("kind", "alarm_id", "device_id", "centre", "ts", "alarm"):
         if not isinstance(data.get(name), str):
             raise WireError(f"{name}: missing or not a string")
+    seq = data.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise WireError("seq: missing or not an integer >= 0")
     if data["kind"] != "alarm":
         raise WireError(f"kind: expected 'alarm', got {data['kind']!r}")
     if not _EVENT_ID.match(data["alarm_id"]):

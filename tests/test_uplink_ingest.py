@@ -146,9 +146,9 @@ def test_alarms_telemetry_and_commands_cross_the_real_broker(mosquitto, gateway)
     gate.connect("127.0.0.1", mosquitto.port)
     gate.loop_start()
     gate.subscribe(wire.device_topic(CENTRE, DEVICE, "cmd/#"), qos=1)
-    alarm = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id=DEVICE, centre=CENTRE,
+    alarm = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id=DEVICE, centre=CENTRE, seq=4,
                             ts=wire.utc_now_iso(), alarm="door_forced", detail="contact open")
-    spoofed = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id="c1-r02-b",
+    spoofed = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id="c1-r02-b", seq=0,
                               centre=CENTRE, ts=wire.utc_now_iso(), alarm="tamper")
     for payload in (alarm.to_json(), alarm.to_json(), spoofed.to_json()):  # one redelivery
         gate.publish(wire.alarms_topic(CENTRE, DEVICE), payload, qos=1).wait_for_publish(5)

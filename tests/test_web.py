@@ -156,7 +156,7 @@ def test_alerts_acknowledgement_and_remote_unlock(setup):
     app, store, _manager, commands = setup
     store.insert_events([event(0, outcome="refused", reason="spoof_suspected", card="A1")])
     store.record_status("c1-r01-a", "c1", {"state": "offline", "ts": "2026-12-01T00:11:00Z"})
-    store.record_alarms([wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id="c1-r01-a",
+    store.record_alarms([wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id="c1-r01-a", seq=1,
                                          centre="c1", ts="2026-12-01T00:12:00.000Z",
                                          alarm="door_forced")])
     proctor = client_for(app, "proctor1")
