@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +80,8 @@ class CheckinLoop:
         self.liveness = liveness
         self.last_reading: FaceReading | None = None
         self.counts = {"accepted": 0, "refused": 0, "no_face": 0}
+        self.frames = 0  # frames judged since start (telemetry: fps)
+        self.latencies_ms: deque[float] = deque(maxlen=200)  # recent decisions (telemetry)
 
     def decide(self, frame: Frame) -> Decision | None:
         """Judge one frame."""
@@ -231,6 +234,7 @@ class CheckinLoop:
         elif decision.outcome == "refused":
             self.door.refuse()
         self.counts[decision.outcome] += 1
+        self.latencies_ms.append(decision.latency_ms)
         # No names or templates in logs: applicant ids only (the roster maps them to people).
         log.info("seq=%d %s%s%s%s score=%s latency=%.0fms", seq, decision.outcome,
                  f" applicant={decision.applicant_id}" if decision.applicant_id else "",
@@ -247,4 +251,5 @@ class CheckinLoop:
             if should_stop():
                 break
             self.handle(frame, report_no_face=source.one_frame_per_visit)
+            self.frames += 1
             progressed()

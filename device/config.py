@@ -229,6 +229,8 @@ class DeviceConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     liveness: LivenessGateConfig = field(default_factory=LivenessGateConfig)
+    #: Seconds between telemetry messages (fps, latencies, outbox depth, temperature, disk).
+    telemetry_interval_s: float = 30.0
     #: After a replay ends, how long to wait for the outbox to drain before exiting.
     drain_timeout_s: float = 30.0
 

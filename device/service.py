@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from device.capture import FrameSource
 from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.replay import ReplaySource
 from device.checkin import CheckinLoop, MatchPolicy
+from device.commands import CommandHandler, CommandResult
 from device.config import CaptureConfig, DeviceConfig
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
@@ -53,6 +56,14 @@ def open_source(capture: CaptureConfig) -> FrameSource:
         return V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s)
     assert capture.path is not None  # validated by CaptureConfig
     return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
+
+
+def cpu_temperature_c() -> float | None:
+    """The SoC temperature on a Raspberry Pi (None where the kernel does not expose one)."""
+    try:
+        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000, 1)
+    except (OSError, ValueError):
+        return None
 
 
 def _liveness_gate(config: DeviceConfig, bundle: ModelBundle) -> LivenessGate | None:
@@ -108,9 +119,32 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
     outbox = Outbox(config.outbox_path)
     if outbox.depth():
         log.info("outbox holds %d unsent events from before; sending them first", outbox.depth())
+    started = time.monotonic()
+
+    def command(name: str, payload: bytes) -> CommandResult:
+        if not loop_ref:
+            return CommandResult(name, False, "gate is still starting")
+        return CommandHandler(ident.session, ident.data_dir, door.grant,
+                              loop_ref[0].record_alarm).handle(name, payload)
+
+    def telemetry() -> dict[str, Any]:
+        loop = loop_ref[0] if loop_ref else None
+        latencies = sorted(loop.latencies_ms) if loop else []
+        disk = shutil.disk_usage(ident.data_dir)
+        return {"uptime_s": round(time.monotonic() - started),
+                "fps": round(loop.frames / max(time.monotonic() - started, 1e-6), 2)
+                if loop else 0.0,
+                "decisions": dict(loop.counts) if loop else {},
+                "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None,
+                "latency_p95_ms": latencies[int(len(latencies) * 0.95)] if latencies else None,
+                "outbox_depth": outbox.depth(), "peak_rss_mb": round(peak_rss_mb() or 0.0, 1),
+                "cpu_temp_c": cpu_temperature_c(), "disk_free_mb": disk.free // 2**20}
+
     uplink = Uplink(outbox, config.broker, ident.centre, ident.device_id, birth={
         "device_id": ident.device_id, "room": ident.room, "session": ident.session,
-        "firmware": __version__, "models": bundle.hashes(), "roster_version": roster.version})
+        "firmware": __version__, "models": bundle.hashes(), "roster_version": roster.version},
+        on_command=command, telemetry=telemetry,
+        telemetry_interval_s=config.telemetry_interval_s)
     uplink.start()
 
     if threading.current_thread() is threading.main_thread():

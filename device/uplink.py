@@ -8,10 +8,13 @@ message and a last-will ``offline`` so the gateway knows when a gate vanishes.
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
@@ -19,6 +22,9 @@ from device.outbox import Outbox
 from gerbang import wire
 from gerbang.config import BrokerConfig
 from gerbang.mqtt import connect_async, make_client
+
+if TYPE_CHECKING:
+    from device.commands import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +37,10 @@ class Uplink:
     """
 
     def __init__(self, outbox: Outbox, broker: BrokerConfig, centre: str, device_id: str,
-                 birth: dict[str, Any] | None = None, window: int = 20) -> None:
+                 birth: dict[str, Any] | None = None, window: int = 20,
+                 on_command: Callable[[str, bytes], CommandResult] | None = None,
+                 telemetry: Callable[[], dict[str, Any]] | None = None,
+                 telemetry_interval_s: float = 30.0) -> None:
         self.outbox = outbox
         self.broker = broker
         self.window = window
@@ -43,6 +52,15 @@ class Uplink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.cmd_prefix = wire.device_topic(centre, device_id, "cmd/")
+        self.cmd_ack_topic = wire.device_topic(centre, device_id, "cmd_ack")
+        self.telemetry_topic = wire.telemetry_topic(centre, device_id)
+        self.on_command = on_command
+        self.telemetry = telemetry
+        self.telemetry_interval_s = telemetry_interval_s
+        self._commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100)
+        self._next_telemetry = 0.0
         self._lock = threading.Lock()  # guards the in-flight map shared with paho's thread
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._early_acks: dict[int, float] = {}  # mid -> when its PUBACK came
@@ -64,6 +82,8 @@ class Uplink:
         log.info("connected to broker %s:%s", self.broker.host, self.broker.port)
         client.publish(self.status_topic, wire.status_payload(True, **self.birth), qos=1,
                        retain=True)
+        if self.on_command is not None:
+            client.subscribe(self.cmd_prefix + "+", qos=1)
         with self._lock:
             self._inflight.clear()
             self._early_acks.clear()
@@ -96,11 +116,46 @@ class Uplink:
                 self._acked.append(seq)
         self._wake.set()
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Commands are run on the uplink thread, not paho's: a wipe or an unlock must not stall
+        # the network loop (keep-alives, PUBACKs).
+        if msg.topic.startswith(self.cmd_prefix):
+            try:
+                self._commands.put_nowait((msg.topic[len(self.cmd_prefix):], msg.payload))
+            except queue.Full:
+                log.warning("command queue full; dropping %s", msg.topic[:120])
+            self._wake.set()
+
+    def _run_commands(self) -> None:
+        while self.on_command is not None:
+            try:
+                name, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            result = self.on_command(name, payload)
+            self.client.publish(self.cmd_ack_topic, result.to_json(), qos=1)
+
+    def _send_telemetry(self) -> None:
+        if self.telemetry is None or time.monotonic() < self._next_telemetry:
+            return
+        self._next_telemetry = time.monotonic() + self.telemetry_interval_s
+        try:
+            body = {"schema": wire.SCHEMA_VERSION, "ts": wire.utc_now_iso(),
+                    **self.telemetry()}
+            # QoS 0: a lost reading is replaced by the next one; never worth a queue.
+            self.client.publish(self.telemetry_topic, json.dumps(body, separators=(",", ":")),
+                                qos=0)
+        except Exception:
+            log.exception("telemetry failed")
+
     # uplink thread -------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
+            if self._connected.is_set():
+                self._run_commands()
+                self._send_telemetry()
             with self._lock:
                 acked, self._acked = self._acked, []
             if acked:

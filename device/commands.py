@@ -1,0 +1,126 @@
+"""Commands from the gateway (``gerbang/v1/{centre}/{device}/cmd/{name}``), each acknowledged
+on ``cmd_ack`` with ``ok`` or a reason that names the bad field.
+
+=================  ==========================================================================
+``unlock``         release the lock for one pulse (remote unlock by a proctor); recorded as a
+                   ``manual_override`` alarm with who and why
+``session_close``  wipe this gate's stored templates for the session (``{"session": id}``)
+``wipe``           wipe every stored template on this gate
+``ping``           answer, to check the command path end to end
+=================  ==========================================================================
+
+The broker's ACL lets only the gateway publish to a device's ``cmd/`` topics; the device still
+validates every payload, because a bad command must never take the gate down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gerbang import wire
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What goes back on ``cmd_ack``."""
+
+    command: str
+    ok: bool
+    detail: str
+    command_id: str | None = None
+
+    def to_json(self) -> bytes:
+        """The acknowledgement payload."""
+        return json.dumps({"schema": wire.SCHEMA_VERSION, "command": self.command,
+                           "command_id": self.command_id, "ok": self.ok, "detail": self.detail,
+                           "ts": wire.utc_now_iso()}, separators=(",", ":")).encode()
+
+
+class CommandError(ValueError):
+    """A command the gate refuses; the message names the bad field."""
+
+
+def _text(body: dict[str, Any], name: str, required: bool = True, limit: int = 300) -> str:
+    value = body.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise CommandError(f"{name}: required, a non-empty string")
+    if len(value) > limit:
+        raise CommandError(f"{name}: longer than {limit} characters")
+    return value
+
+
+class CommandHandler:
+    """Dispatches one command to the gate's parts and says what happened."""
+
+    def __init__(self, session: str, data_dir: Path, grant: Callable[[], None],
+                 record_alarm: Callable[[str, str | None], Any]) -> None:
+        self.session = session
+        self.data_dir = data_dir
+        self.grant = grant
+        self.record_alarm = record_alarm
+
+    def handle(self, name: str, payload: bytes) -> CommandResult:
+        """Run command ``name``; never raises (the reason goes back to the gateway)."""
+        command_id = None
+        try:
+            if len(payload) > MAX_COMMAND_BYTES:
+                raise CommandError(f"payload: larger than {MAX_COMMAND_BYTES} bytes")
+            try:
+                body = json.loads(payload or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CommandError(f"payload: not JSON ({exc})") from None
+            if not isinstance(body, dict):
+                raise CommandError("payload: must be a JSON object")
+            command_id = body.get("command_id") if isinstance(body.get("command_id"),
+                                                              str) else None
+            if body.get("schema", wire.SCHEMA_VERSION) != wire.SCHEMA_VERSION:
+                raise CommandError(f"schema: unsupported version {body.get('schema')!r}")
+            handler = getattr(self, f"_cmd_{name}", None) if name.isidentifier() else None
+            if handler is None:
+                raise CommandError(f"command: unknown {name[:40]!r} (known: unlock, "
+                                   "session_close, wipe, ping)")
+            detail = handler(body)
+            log.info("command %s done: %s", name, detail)
+            return CommandResult(name, True, detail, command_id)
+        except CommandError as exc:
+            log.warning("command %s refused: %s", name[:40], exc)
+            return CommandResult(name[:40], False, str(exc), command_id)
+        except Exception as exc:  # the gate stays up whatever a command does
+            log.exception("command %s failed", name[:40])
+            return CommandResult(name[:40], False, f"failed: {type(exc).__name__}", command_id)
+
+    def _cmd_ping(self, body: dict[str, Any]) -> str:
+        return "pong"
+
+    def _cmd_unlock(self, body: dict[str, Any]) -> str:
+        reason = _text(body, "reason")
+        by = _text(body, "by", limit=64)
+        self.record_alarm("manual_override", f"remote unlock by {by}: {reason}")
+        self.grant()
+        return "unlocked for one pulse"
+
+    def _cmd_session_close(self, body: dict[str, Any]) -> str:
+        from device.template_store import wipe
+
+        session = _text(body, "session", limit=64)
+        if not wire.ID_PATTERN.match(session):
+            raise CommandError("session: not a valid session id")
+        removed = wipe(self.data_dir, session)
+        return f"session {session} closed; {removed} template file(s) wiped"
+
+    def _cmd_wipe(self, body: dict[str, Any]) -> str:
+        from device.template_store import stored_sessions, wipe
+
+        removed = sum(wipe(self.data_dir, s) for s in stored_sessions(self.data_dir))
+        return f"{removed} template file(s) wiped"
