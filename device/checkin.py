@@ -65,9 +65,7 @@ class CheckinLoop:
                  identity: GateIdentity, on_recorded: Callable[[], None] | None = None,
                  read_cards: bool = True, liveness: LivenessGate | None = None) -> None:
         self.pipeline = pipeline
-        self.roster = roster
-        self.gallery = roster.gallery()
-        self.index = {applicant: i for i, applicant in enumerate(self.gallery.ids)}
+        self.use_roster(roster)
         self.policy = policy
         self.quality = quality
         self.door = door
@@ -83,8 +81,23 @@ class CheckinLoop:
         self.frames = 0  # frames judged since start (telemetry: fps)
         self.latencies_ms: deque[float] = deque(maxlen=200)  # recent decisions (telemetry)
 
+    def use_roster(self, roster: Roster) -> None:
+        """Match against ``roster`` from the next frame on (a pushed roster replaces the old
+        one while the gate runs; one assignment, so a frame sees the old or the new one whole).
+        """
+        gallery = roster.gallery()
+        self._matching = (roster, gallery, {a: i for i, a in enumerate(gallery.ids)})
+        log.info("matching against roster v%d (%d applicants)", roster.version,
+                 len(roster.entries))
+
+    @property
+    def roster(self) -> Roster:
+        """The roster in use."""
+        return self._matching[0]
+
     def decide(self, frame: Frame) -> Decision | None:
         """Judge one frame."""
+        _, gallery, index = self._matching
         try:
             card = read_card(frame.image) if self.read_cards else None
             reading = self.pipeline.read(frame.image)
@@ -99,11 +112,11 @@ class CheckinLoop:
         if problem:
             return self._decision(frame, "refused", problem, card_id=card_id)
         assert reading.embedding is not None
-        scores = self.gallery.scores(reading.embedding)
+        scores = gallery.scores(reading.embedding)
         threshold = self.policy.threshold
         best = int(np.argmax(scores)) if len(scores) else None
         if card_id is not None:
-            claimed = self.index.get(card_id)
+            claimed = index.get(card_id)
             if claimed is None:
                 return self._decision(frame, "refused", "not_on_roster", card_id=card_id,
                                       mode="1:1")
@@ -123,7 +136,7 @@ class CheckinLoop:
         if best is None:
             return self._decision(frame, "refused", "not_on_roster", mode="1:N")
         if scores[best] >= threshold:
-            return self._decision(frame, "accepted", None, self.gallery.ids[best],
+            return self._decision(frame, "accepted", None, gallery.ids[best],
                                   float(scores[best]), mode="1:N")
         return self._decision(frame, "refused", "no_match", score=float(scores[best]),
                               mode="1:N")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from device.infer.bundle import ModelBundleError, load_bundle
+from device.keyfile import KeyFileError
 from device.roster import RosterError
 from gerbang.config import ConfigError
 from gerbang.logs import setup_logging
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("gerbang-device", args.verbose)
     try:
         return args.func(args)
-    except (ConfigError, ModelBundleError, RosterError, FileNotFoundError) as exc:
+    except (ConfigError, ModelBundleError, RosterError, KeyFileError, FileNotFoundError) as exc:
         log.error("cannot start: %s", exc)
         return 2
 

@@ -6,6 +6,8 @@ on ``cmd_ack`` with ``ok`` or a reason that names the bad field.
                    ``manual_override`` alarm with who and why
 ``session_close``  wipe this gate's stored templates for the session (``{"session": id}``)
 ``wipe``           wipe every stored template on this gate
+``roster``         install a signed roster pushed by the gateway (``{"roster_b64": …}``): its
+                   signature, centre, session, room, model and version are checked first
 ``ping``           answer, to check the command path end to end
 =================  ==========================================================================
 
@@ -26,7 +28,7 @@ from gerbang import wire
 
 log = logging.getLogger(__name__)
 
-MAX_COMMAND_BYTES = 64 * 1024
+MAX_COMMAND_BYTES = 16 * 1024 * 1024  # a signed roster of a large room, in base64
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,18 @@ class CommandHandler:
     """Dispatches one command to the gate's parts and says what happened."""
 
     def __init__(self, session: str, data_dir: Path, grant: Callable[[], None],
-                 record_alarm: Callable[[str, str | None], Any]) -> None:
+                 record_alarm: Callable[[str, str | None], Any],
+                 install_roster: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.session = session
         self.data_dir = data_dir
         self.grant = grant
         self.record_alarm = record_alarm
+        self.install_roster = install_roster
+
+    def _cmd_roster(self, body: dict[str, Any]) -> str:
+        if self.install_roster is None:
+            raise CommandError("roster: this gate takes no pushed rosters")
+        return self.install_roster(body)
 
     def handle(self, name: str, payload: bytes) -> CommandResult:
         """Run command ``name``; never raises (the reason goes back to the gateway)."""
@@ -89,7 +98,7 @@ class CommandHandler:
             handler = getattr(self, f"_cmd_{name}", None) if name.isidentifier() else None
             if handler is None:
                 raise CommandError(f"command: unknown {name[:40]!r} (known: unlock, "
-                                   "session_close, wipe, ping)")
+                                   "roster, session_close, wipe, ping)")
             detail = handler(body)
             log.info("command %s done: %s", name, detail)
             return CommandResult(name, True, detail, command_id)

@@ -218,6 +218,31 @@ class GpioConfig:
 
 
 @dataclass
+class KeysConfig:
+    """Where the gate's roster keys are (from its provisioning bundle). With all three set, the
+    gate takes only signed rosters and keeps templates encrypted (production); unset, it reads
+    a plain ``roster.json`` (demo, tests, bench)."""
+
+    #: The centre's roster-signing public key (PEM).
+    roster_public_key: Path | None = None
+    #: This room's 32-byte roster transport key (rosters are encrypted for their room).
+    roster_transport_key: Path | None = None
+    #: This device's 32-byte storage key for templates at rest; keep it outside ``data_dir``.
+    storage_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        given = [self.roster_public_key, self.roster_transport_key, self.storage_key]
+        require(all(given) or not any(given), "roster_public_key",
+                "set all three of roster_public_key, roster_transport_key, storage_key, "
+                "or none")
+
+    @property
+    def signed_rosters(self) -> bool:
+        """Whether the gate runs on signed, encrypted rosters."""
+        return self.storage_key is not None
+
+
+@dataclass
 class DeviceConfig:
     """The whole device configuration."""
 
@@ -229,6 +254,7 @@ class DeviceConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     liveness: LivenessGateConfig = field(default_factory=LivenessGateConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
     #: Seconds between telemetry messages (fps, latencies, outbox depth, temperature, disk).
     telemetry_interval_s: float = 30.0
     #: After a replay ends, how long to wait for the outbox to drain before exiting.
@@ -238,6 +264,11 @@ class DeviceConfig:
     def roster_path(self) -> Path:
         """Where the room roster lives."""
         return self.match.roster or self.gate.data_dir / "roster.json"
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where signed rosters copied from a provisioning bundle wait to be installed."""
+        return self.gate.data_dir / "incoming"
 
     @property
     def outbox_path(self) -> Path:

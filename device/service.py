@@ -23,7 +23,7 @@ from device.infer.liveness import LivenessCheck, LivenessConfig, PassiveLiveness
 from device.infer.pipeline import FacePipeline
 from device.liveness_gate import LivenessGate
 from device.outbox import Outbox
-from device.roster import load_roster
+from device.roster_source import RosterSource
 from device.uplink import Uplink
 from gerbang import __version__, wire
 from gerbang.sdnotify import SystemdNotifier
@@ -90,7 +90,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
     stop = stop or threading.Event()
     ident = config.gate
     bundle = load_bundle(config.models.bundle_dir)  # verifies every sha256 or raises
-    roster = load_roster(config.roster_path)
+    rosters = RosterSource(config, bundle)
+    roster = rosters.load()
     if (roster.session, roster.room) != (ident.session, ident.room):
         log.warning("roster is for session %s room %s but this gate is session %s room %s",
                     roster.session, roster.room, ident.session, ident.room)
@@ -125,7 +126,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         if not loop_ref:
             return CommandResult(name, False, "gate is still starting")
         return CommandHandler(ident.session, ident.data_dir, door.grant,
-                              loop_ref[0].record_alarm).handle(name, payload)
+                              loop_ref[0].record_alarm,
+                              rosters.push_handler(loop_ref[0].use_roster)).handle(name, payload)
 
     def telemetry() -> dict[str, Any]:
         loop = loop_ref[0] if loop_ref else None

@@ -1,0 +1,97 @@
+"""Where the gate's roster comes from: signed and encrypted (production) or plain (demo).
+
+Production: rosters arrive signed and encrypted for the room, copied into ``incoming/`` from a
+provisioning bundle or pushed over MQTT (the ``roster`` command). Each is verified
+(``device.roster_file``) and kept encrypted at rest (``device.template_store``); templates of
+other sessions are wiped at start, so a gate never holds more than its current session.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from device.config import DeviceConfig
+from device.infer.bundle import ModelBundle
+from device.keyfile import read_secret_key
+from device.roster import Roster, RosterError, load_roster
+from device.roster_file import load_roster_public_key
+from device.template_store import install_signed_roster, load_templates, stored_sessions, wipe
+
+log = logging.getLogger(__name__)
+
+
+class RosterSource:
+    """Loads the roster at start and installs pushed ones, as configured."""
+
+    def __init__(self, config: DeviceConfig, bundle: ModelBundle) -> None:
+        self.config = config
+        self.embedder_sha256 = bundle.hashes()["embedder"]
+        keys = config.keys
+        if keys.signed_rosters:
+            assert keys.roster_public_key and keys.roster_transport_key and keys.storage_key
+            self.public_key = load_roster_public_key(keys.roster_public_key)
+            self.transport_key = read_secret_key(keys.roster_transport_key, "roster transport key")
+            self.storage_key = read_secret_key(keys.storage_key, "storage key")
+
+    def load(self) -> Roster:
+        """The roster to start with (installing any signed roster waiting in ``incoming/``)."""
+        ident = self.config.gate
+        if not self.config.keys.signed_rosters:
+            log.warning("plain roster %s (templates unencrypted on disk): configure [keys] "
+                        "for an exam centre", self.config.roster_path)
+            return load_roster(self.config.roster_path)
+        incoming = self.config.incoming_dir
+        for path in sorted(incoming.glob("*.roster.signed")) if incoming.is_dir() else []:
+            try:
+                self.install(path.read_bytes())
+            finally:
+                path.unlink()  # verified or refused, never tried twice (the log says which)
+        for session in stored_sessions(ident.data_dir):
+            if session != ident.session:
+                wipe(ident.data_dir, session)  # another session's templates: not needed here
+        try:
+            return load_templates(ident.data_dir, ident.session, ident.room, self.storage_key)
+        except FileNotFoundError:
+            raise RosterError(f"no roster for session {ident.session} room {ident.room}: copy "
+                              f"its .roster.signed into {incoming} or push it from the "
+                              "gateway") from None
+
+    def install(self, blob: bytes) -> Roster:
+        """Verify a signed roster and store it encrypted; RosterRefused says why not."""
+        ident = self.config.gate
+        return install_signed_roster(
+            blob, data_dir=ident.data_dir, storage_key=self.storage_key,
+            public_key=self.public_key, transport_key=self.transport_key, centre=ident.centre,
+            session=ident.session, room=ident.room, embedder_sha256=self.embedder_sha256)
+
+    def push_handler(self, use: Callable[[Roster], None]) -> Callable[[dict[str, object]], str]:
+        """The ``roster`` command: ``{"roster_b64": …}`` → verify, store, start using it."""
+
+        def handle(body: dict[str, object]) -> str:
+            from device.commands import CommandError
+
+            if not self.config.keys.signed_rosters:
+                raise CommandError("roster: this gate has no [keys]; it takes no pushed rosters")
+            encoded = body.get("roster_b64")
+            if not isinstance(encoded, str):
+                raise CommandError("roster_b64: required, the signed roster in base64")
+            try:
+                blob = base64.b64decode(encoded, validate=True)
+            except ValueError:
+                raise CommandError("roster_b64: not valid base64") from None
+            try:
+                roster = self.install(blob)
+            except RosterError as exc:
+                raise CommandError(str(exc)) from None
+            use(roster)
+            return f"roster v{roster.version} installed: {len(roster.entries)} applicants"
+
+        return handle
+
+
+def roster_path_hint(config: DeviceConfig) -> Path:
+    """Where a technician should look when the gate has no roster."""
+    return config.incoming_dir if config.keys.signed_rosters else config.roster_path
