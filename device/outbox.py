@@ -43,7 +43,13 @@ class Outbox:
     keeps ``seq`` assignment trivially race-free.
     """
 
-    def __init__(self, path: Path) -> None:
+    #: Default bound: about 80 MB of ~400-byte events, weeks of a busy gate with no network.
+    MAX_EVENTS = 200_000
+    NEAR_FULL = 0.8   # raise the alarm at 80 % ...
+    REARM = 0.5       # ... and again only after the backlog fell below 50 %
+
+    def __init__(self, path: Path, max_events: int = MAX_EVENTS,
+                 on_near_full: Callable[[int], None] | None = None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -51,13 +57,34 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        #: Disk bound in events. Decisions are recorded even beyond it (the door depends on a
+        #: record); only ``droppable`` messages (frames without a face) are refused.
+        self.max_events = max_events
+        #: Called (outside the lock, with the depth) when the backlog reaches NEAR_FULL.
+        self.on_near_full = on_near_full
+        self.dropped = 0
+        self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._alarm_armed = self._depth < self.NEAR_FULL * max_events
 
-    def append(self, build: Callable[[int], tuple[str, bytes]]) -> int:
+    def append(self, build: Callable[[int], tuple[str, bytes]],
+               droppable: bool = False) -> int | None:
         """Assign the next ``seq``, build the message with it, and commit both durably.
 
         ``build(seq)`` returns ``(topic, payload)``; it runs inside the transaction so the seq
-        in the payload and the row are always the same.
+        in the payload and the row are always the same. With the outbox at its bound a
+        ``droppable`` message is not stored (None is returned and ``dropped`` counts it).
         """
+        if droppable and self._depth >= self.max_events:
+            self.dropped += 1
+            return None
+        seq = self._append(build)
+        if self._alarm_armed and self._depth >= self.NEAR_FULL * self.max_events:
+            self._alarm_armed = False
+            if self.on_near_full is not None:
+                self.on_near_full(self._depth)
+        return seq
+
+    def _append(self, build: Callable[[int], tuple[str, bytes]]) -> int:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -72,6 +99,7 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._depth += 1
             return seq
 
     def pending(self, after_seq: int = -1, limit: int = 100) -> list[PendingEvent]:
@@ -94,12 +122,15 @@ class Outbox:
             self._db.execute("UPDATE counters SET value = value + ? WHERE name='acked'",
                              (removed,))
             self._db.execute("COMMIT")
+            self._depth -= removed
+            if self._depth < self.REARM * self.max_events:
+                self._alarm_armed = True
             return removed
 
     def depth(self) -> int:
         """Events not yet acknowledged by the broker."""
         with self._lock:
-            return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            return self._depth
 
     def counters(self) -> dict[str, int]:
         """Lifetime totals: ``appended`` (= next seq) and ``acked``."""
