@@ -154,9 +154,11 @@ def add_pages(app: FastAPI) -> None:
     def login_submit(request: Request, username: str = Form(...), password: str = Form(...),
                      next: str = Form("/")) -> Response:
         try:
+            if "\x00" in username + password:  # no account has one; PostgreSQL can't compare
+                raise auth.AuthError("wrong username or password")
             token, user = auth.login(store(), username, password)
         except auth.AuthError as exc:
-            store().audit(username[:64], "login_failed")
+            store().audit(username[:64].replace("\x00", "\\0"), "login_failed")
             return templates.TemplateResponse(
                 request, "login.html", {"next": next, "error": str(exc), "user": None},
                 status_code=401)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,13 +60,21 @@ def parse_roster_csv(data: bytes | str, session_id: str) -> RosterImport:
         except UnicodeDecodeError as exc:
             result.errors.append({"line": 0, "field": None, "error": f"not UTF-8: {exc}"})
             return result
+    if "\x00" in data:
+        result.errors.append({"line": 0, "field": None,
+                              "error": "contains NUL characters: not a text CSV file"})
+        return result
     sample = data[:4096]
     try:
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(io.StringIO(data), dialect)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        result.errors.append({"line": 1, "field": None, "error": f"not a readable CSV: {exc}"})
+        return result
     if not header:
         result.errors.append({"line": 1, "field": None, "error": "the file is empty"})
         return result
@@ -84,7 +93,7 @@ def parse_roster_csv(data: bytes | str, session_id: str) -> RosterImport:
         return result
     seen: dict[str, int] = {}
     seats: dict[tuple[str, str], int] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in _rows(reader, result):
         if not any(cell.strip() for cell in row):
             continue
         if line - 1 > MAX_ROWS:
@@ -127,3 +136,15 @@ def parse_roster_csv(data: bytes | str, session_id: str) -> RosterImport:
     if not result.entries and not result.errors:
         result.errors.append({"line": 2, "field": None, "error": "no rows after the header"})
     return result
+
+
+def _rows(reader: Any, result: RosterImport) -> Iterator[tuple[int, list[str]]]:
+    """``(line, row)`` pairs after the header; a row the csv module cannot read (e.g. a field
+    over its size limit) ends the file with an error on that line instead of an exception."""
+    line = 1
+    try:
+        for line, row in enumerate(reader, start=2):
+            yield line, row
+    except csv.Error as exc:
+        result.errors.append({"line": line + 1, "field": None,
+                              "error": f"not a readable CSV row: {exc}"})

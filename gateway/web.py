@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
@@ -47,14 +50,58 @@ class WebContext:
     poll_s: float = 0.3
 
 
-class Credentials(BaseModel):
+def clean_text(value: str) -> str:
+    """``value`` if a store can keep it; ValueError for NUL characters (PostgreSQL refuses
+    them) and unpaired surrogates (``\\ud800`` in JSON: not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no unpaired surrogates)") from None
+    return value
+
+
+class TextModel(BaseModel):
+    """A request body whose strings are all text a store can keep (see clean_text)."""
+
+    @field_validator("*")
+    @classmethod
+    def _clean(cls, value: Any) -> Any:
+        return clean_text(value) if isinstance(value, str) else value
+
+
+class RejectNul:
+    """ASGI middleware: a path or query string carrying a NUL character (``%00``) gets 400.
+    No id, room or filter contains one, and PostgreSQL cannot even compare against it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"]
+                                        or b"%00" in scope.get("query_string", b"")):
+            response = JSONResponse({"detail": "NUL characters are not allowed in URLs"}, 400)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def attachment(name: str) -> dict[str, str]:
+    """A Content-Disposition header for a download; ``name`` may carry a user-given room, so
+    anything but letters, digits and ``. _ -`` becomes ``_`` (headers are Latin-1, quoted)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return {"Content-Disposition": f'attachment; filename="{safe}"'}
+
+
+class Credentials(TextModel):
     """A login."""
 
     username: str = Field(max_length=64)
     password: str = Field(max_length=256)
 
 
-class ExamSessionIn(BaseModel):
+class ExamSessionIn(TextModel):
     """An exam session; times are ISO 8601 with the centre's UTC offset (WIB is +07:00)."""
 
     centre: str = Field(pattern=ID_PATTERN.pattern)
@@ -76,10 +123,11 @@ class ExamSessionIn(BaseModel):
         return value
 
 
-class ApplicantAction(BaseModel):
+class ApplicantAction(TextModel):
     """A proctor's decision about one applicant; the reason is mandatory and audited."""
 
-    action: str = Field(description="manual_admit | mark_absent | reopen")
+    action: str = Field(description="manual_admit | mark_absent | reopen",
+                        json_schema_extra={"enum": list(APPLICANT_ACTIONS)})
     reason: str = Field(min_length=3, max_length=300,
                         description="e.g. 'identity checked against KTP 3174…; camera refused'")
 
@@ -91,24 +139,24 @@ class ApplicantAction(BaseModel):
         return value
 
 
-class Reason(BaseModel):
+class Reason(TextModel):
     """Why a proctor or technician did something."""
 
     reason: str = Field(min_length=3, max_length=300)
 
 
-class Note(BaseModel):
+class Note(TextModel):
     """An optional note on an acknowledgement."""
 
     note: str | None = Field(default=None, max_length=300)
 
 
-class NewUser(BaseModel):
+class NewUser(TextModel):
     """A dashboard account."""
 
     username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     password: str = Field(min_length=auth.MIN_PASSWORD, max_length=256)
-    role: str
+    role: str = Field(json_schema_extra={"enum": list(auth.ROLES)})
 
     @field_validator("role")
     @classmethod
@@ -191,6 +239,14 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
     app = FastAPI(title="Gerbang gateway", version="0.2.0",
                   description="Live exam-room attendance from Gerbang gate devices. Log in "
                               "with POST /api/login and send the token as a Bearer header.")
+    app.add_middleware(RejectNul)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input back and fails (500) when it holds an unpaired
+        # surrogate ("\ud800" in JSON); ASCII-escaped JSON can carry any string.
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, default=str)
+        return Response(body, status_code=422, media_type="application/json")
     ctx = WebContext(store=store, stats=stats, commander=commander, poll_s=poll_s)
     app.state.ctx = ctx
 
@@ -322,8 +378,7 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         data = attendance_csv(need_session(session_id), room)
         store.audit(user["username"], "export_csv", session_id, {"room": room})
         name = f"attendance-{session_id}{'-' + room if room else ''}.csv"
-        return Response(data, media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(data, media_type="text/csv; charset=utf-8", headers=attachment(name))
 
     @app.get("/api/sessions/{session_id}/export.pdf", tags=["exports"])
     def export_pdf(session_id: str, user: Viewer,
@@ -332,8 +387,7 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         data = attendance_pdf(need_session(session_id), room, user["username"], utc_now_iso())
         store.audit(user["username"], "export_pdf", session_id, {"room": room})
         name = f"attendance-{session_id}{'-' + room if room else ''}.pdf"
-        return Response(data, media_type="application/pdf", headers={
-            "Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(data, media_type="application/pdf", headers=attachment(name))
 
     @app.get("/api/audit", tags=["exports"])
     def audit_log(user: Manager,

@@ -87,7 +87,7 @@ def test_photo_attack_is_refused_then_the_card_is_locked_and_alarmed(loop):
 
 
 def test_a_real_turn_passes_and_the_door_opens(loop, pipeline):
-    loop, photo, door, outbox = loop
+    loop, photo, _door, _outbox = loop
     first = pipeline.read(photo)
     base = first.mesh.points
 
