@@ -48,7 +48,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ingest.stop()
         log.info("stopped: %s", ingest.stats)
         return 0
-    app = create_app(store, ingest.stats, commander=ingest.send_command)
+    app = create_app(store, ingest.stats, commander=ingest.send_command,
+                     display_utc_offset_h=config.gateway.display_utc_offset_h)
     server = uvicorn.Server(uvicorn.Config(app, host=config.gateway.http_host,
                                            port=config.gateway.http_port, log_level="warning"))
     log.info("dashboard at http://%s:%d/  (database %s)", config.gateway.http_host,

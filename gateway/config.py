@@ -25,10 +25,15 @@ class ServiceConfig:
     share_group: str | None = None
     #: Serve the dashboard and API (False for pure ingest workers).
     http: bool = True
+    #: The centre's clock for pages and the PDF report, hours from UTC: 7 WIB, 8 WITA, 9 WIT.
+    #: Stored times, the API and CSV exports stay in UTC (ISO 8601 with Z).
+    display_utc_offset_h: float = 7.0
 
     def __post_init__(self) -> None:
         require(0 < self.http_port < 65536, "http_port", f"must be 1..65535, got {self.http_port}")
         require(self.centre == "+" or "/" not in self.centre, "centre", "must not contain '/'")
+        require(-12 <= self.display_utc_offset_h <= 14, "display_utc_offset_h",
+                "must be -12..14 hours")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 
 from gateway import auth
 from gateway.alerts import current_alerts, open_count
-from gateway.attendance import public_board, session_attendance, totals
+from gateway.attendance import parse_time, public_board, session_attendance, totals
 from gateway.web import COOKIE, current_user, overview
 
 HERE = Path(__file__).parent
@@ -118,9 +119,38 @@ FRAGMENTS: dict[str, tuple[str | None, tuple[str, ...],
 }
 
 
-def add_pages(app: FastAPI) -> None:
-    """Register the HTML pages, login form, live fragments and static files on ``app``."""
+def clock_filter(offset: timedelta) -> Callable[..., str]:
+    """Jinja filter: an ISO 8601 time shown as HH:MM:SS on the centre's wall clock."""
+    zone = timezone(offset)
+
+    def clock(ts: str | None, empty: str = "") -> str:
+        if not ts:
+            return empty
+        try:
+            return parse_time(ts).astimezone(zone).strftime("%H:%M:%S")
+        except ValueError:
+            return str(ts)[:19]
+
+    return clock
+
+
+def tz_label(offset: timedelta) -> str:
+    """``WIB`` / ``WITA`` / ``WIT`` for Indonesia's zones, else ``UTC+hh:mm``."""
+    hours = offset.total_seconds() / 3600
+    names = {7.0: "WIB", 8.0: "WITA", 9.0: "WIT", 0.0: "UTC"}
+    if hours in names:
+        return names[hours]
+    sign = "+" if hours >= 0 else "-"
+    minutes = int(abs(offset.total_seconds()) // 60)
+    return f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def add_pages(app: FastAPI, display_offset: timedelta = timedelta(hours=7)) -> None:
+    """Register the HTML pages, login form, live fragments and static files on ``app``.
+    Times are shown on the centre's clock (``display_offset``, default WIB)."""
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    templates.env.filters["clock"] = clock_filter(display_offset)
+    templates.env.globals["tz_label"] = tz_label(display_offset)
 
     def store() -> Any:
         return app.state.ctx.store

@@ -60,10 +60,25 @@ def _latin1(text: Any) -> str:
     return str(text if text is not None else "").encode("latin-1", "replace").decode("latin-1")
 
 
+def _local(ts: str, offset_h: float) -> str:
+    if not ts:
+        return ""
+    from datetime import timedelta, timezone
+
+    from gateway.attendance import parse_time
+
+    return parse_time(ts).astimezone(timezone(timedelta(hours=offset_h))).strftime(
+        "%Y-%m-%d %H:%M:%S")
+
+
 def attendance_pdf(attendance: dict[str, Any], room: str | None = None,
-                   generated_by: str = "", generated_at: str = "") -> bytes:
-    """A printable attendance report with signature lines; returns the PDF bytes."""
+                   generated_by: str = "", generated_at: str = "",
+                   utc_offset_h: float = 7.0) -> bytes:
+    """A printable attendance report with signature lines; returns the PDF bytes. Times are
+    on the centre's clock (``utc_offset_h``; 7 = WIB)."""
     from fpdf import FPDF
+
+    zone = f"UTC{utc_offset_h:+g}"
 
     session = attendance["session"]
     rooms = [r for r in attendance["rooms"] if room is None or r["room"] == room]
@@ -71,7 +86,7 @@ def attendance_pdf(attendance: dict[str, Any], room: str | None = None,
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.set_title(_latin1(f"Attendance {session['session_id']}"))
     widths = (12, 30, 62, 22, 38, 26)
-    headings = ("Seat", "Applicant", "Name", "Status", "Admitted (UTC)", "By")
+    headings = ("Seat", "Applicant", "Name", "Status", f"Admitted ({zone})", "By")
     for tally in rooms:
         pdf.add_page()
         pdf.set_font("Helvetica", "B", 14)
@@ -95,7 +110,7 @@ def attendance_pdf(attendance: dict[str, Any], room: str | None = None,
         for row in _rows(attendance, tally["room"]):
             status = row["status"] + (" *" if row["override_action"] else "")
             cells = (row["seat"], row["applicant_id"], row["name"][:38], status,
-                     row["admitted_at"][:19].replace("T", " "), row["admitted_by"][:16])
+                     _local(row["admitted_at"], utc_offset_h)[5:], row["admitted_by"][:16])
             for width, value in zip(widths, cells, strict=True):
                 pdf.cell(width, 6, _latin1(value), border=1)
             pdf.ln()

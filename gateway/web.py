@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
@@ -233,7 +234,8 @@ def checkins_per_minute(store: Store, session_id: str, minutes: int = 60,
 
 
 def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0.3,
-               commander: Commander | None = None) -> FastAPI:
+               commander: Commander | None = None, display_utc_offset_h: float = 7.0,
+               ) -> FastAPI:
     """The FastAPI application over ``store`` (``stats`` from a running ingest, if any;
     ``commander`` publishes gate commands such as remote unlock)."""
     app = FastAPI(title="Gerbang gateway", version="0.2.0",
@@ -384,7 +386,8 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
     def export_pdf(session_id: str, user: Viewer,
                    room: Annotated[str | None, Query(max_length=64)] = None) -> Response:
         """The printable attendance record with signature lines."""
-        data = attendance_pdf(need_session(session_id), room, user["username"], utc_now_iso())
+        data = attendance_pdf(need_session(session_id), room, user["username"], utc_now_iso(),
+                              display_utc_offset_h)
         store.audit(user["username"], "export_pdf", session_id, {"room": room})
         name = f"attendance-{session_id}{'-' + room if room else ''}.pdf"
         return Response(data, media_type="application/pdf", headers=attachment(name))
@@ -502,5 +505,5 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
     app.state.sse = sse
     from gateway.pages import add_pages
 
-    add_pages(app)
+    add_pages(app, timedelta(hours=display_utc_offset_h))
     return app

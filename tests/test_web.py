@@ -190,6 +190,7 @@ def test_pages_render_for_each_role(setup):
         assert 'data-live="/live/' in response.text
     room = viewer.get("/sessions/S1/rooms/R01").text
     assert "Siti Rahayu" in room and "action-form" not in room  # viewers get no action panel
+    assert "07:10:00" in room and "WIB" in room  # 00:10 UTC on the centre's clock
     assert "action-form" in client_for(app, "proctor1").get("/sessions/S1/rooms/R01").text
     assert viewer.get("/sessions/NOPE").status_code == 404
     assert client_for(app).get("/live/room?session=S1&room=R01").status_code == 401
