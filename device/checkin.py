@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from device.infer.quality import QualityConfig, assess
 from device.liveness_gate import LivenessGate
 from device.outbox import Outbox
 from device.roster import Roster
+from device.screen import Screen
 from gerbang import wire
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,8 @@ class CheckinLoop:
     def __init__(self, pipeline: FacePipeline, roster: Roster, policy: MatchPolicy,
                  quality: QualityConfig, door: Door, outbox: Outbox,
                  identity: GateIdentity, on_recorded: Callable[[], None] | None = None,
-                 read_cards: bool = True, liveness: LivenessGate | None = None) -> None:
+                 read_cards: bool = True, liveness: LivenessGate | None = None,
+                 screen: Screen | None = None) -> None:
         self.pipeline = pipeline
         self.use_roster(roster)
         self.policy = policy
@@ -76,6 +79,9 @@ class CheckinLoop:
         #: With liveness on, a match is only a claim: the face must then pass the liveness
         #: step (challenge, 3-D, passive) on the following frames before the door opens.
         self.liveness = liveness
+        #: The applicant screen at the door, told every decision and challenge and given the
+        #: camera's frames; None on a gate without a display.
+        self.screen = screen
         self.last_reading: FaceReading | None = None
         self.counts = {"accepted": 0, "refused": 0, "no_face": 0}
         self.frames = 0  # frames judged since start (telemetry: fps)
@@ -214,8 +220,10 @@ class CheckinLoop:
                                   card_id=decision.card_id, mode=decision.mode)
         reading = self.last_reading
         assert reading is not None
-        if liveness.begin(key, reading, frame.ts, fields) is not None:
-            self._show("look_at_camera")
+        action = liveness.begin(key, reading, frame.ts, fields)
+        if action is not None:
+            self._show("challenge")
+            self._tell_screen("challenge", action=action, timeout_s=liveness.config.timeout_s)
             return None
         verdict = liveness.judge_now(key, reading, frame.image, frame.ts)
         liveness.pending = None
@@ -230,6 +238,26 @@ class CheckinLoop:
         show = getattr(self.door, "show", None)
         if show is not None:
             show(state)
+
+    def _tell_screen(self, state: str, **details: Any) -> None:
+        """Show ``state`` on the applicant screen, if there is one; a failing screen is logged
+        and never stops the gate."""
+        if self.screen is None:
+            return
+        try:
+            self.screen.show(state, **details)
+        except Exception:
+            log.exception("applicant screen failed to show %s; the gate carries on", state)
+
+    def _show_decision(self, decision: Decision) -> None:
+        """The applicant's name (from the roster entry; never logged) and room on acceptance,
+        the reason on refusal (the screen words it; never the score)."""
+        if decision.outcome == "accepted":
+            entry = self.roster.by_id().get(decision.applicant_id or "")
+            self._tell_screen("accepted", name=entry.name if entry else None,
+                              room=self.identity.room)
+        elif decision.outcome == "refused":
+            self._tell_screen("refused", reason=decision.reason)
 
     def handle(self, frame: Frame, report_no_face: bool) -> Decision | None:
         """Decide, record, then signal the door (in that order)."""
@@ -246,6 +274,8 @@ class CheckinLoop:
             self.door.grant()
         elif decision.outcome == "refused":
             self.door.refuse()
+        if self.screen is not None:
+            self._show_decision(decision)
         self.counts[decision.outcome] += 1
         self.latencies_ms.append(decision.latency_ms)
         # No names or templates in logs: applicant ids only (the roster maps them to people).
@@ -263,6 +293,8 @@ class CheckinLoop:
         for frame in source.frames():
             if should_stop():
                 break
+            if self.screen is not None:
+                self.screen.preview(frame.image)
             self.handle(frame, report_no_face=source.one_frame_per_visit)
             self.frames += 1
             progressed()

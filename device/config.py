@@ -24,6 +24,7 @@ Example (every key but ``[gate]`` identity has a default)::
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,40 @@ class KeysConfig:
 
 
 @dataclass
+class ScreenConfig:
+    """The applicant screen (``device/screen.py``): a page the gate serves to the small display
+    at the door, opened there by Chromium in kiosk mode (``chromium --kiosk
+    http://127.0.0.1:8081/``)."""
+
+    #: Off by default: a gate without a display needs no web server.
+    enabled: bool = False
+    #: Loopback only: the page shows applicants' names and the camera picture, which must not
+    #: leave the device (the kiosk browser runs on the gate itself).
+    host: str = "127.0.0.1"
+    port: int = 8081
+    #: Camera preview frames per second (0: no preview). At most 5: enough to frame a face, cheap
+    #: to encode on the Pi next to the models.
+    preview_fps: float = 5.0
+    #: How long the accepted screen (with the applicant's name) or a refusal stays up before the
+    #: ready screen returns.
+    result_hold_s: float = 4.0
+
+    def __post_init__(self) -> None:
+        try:
+            loopback = self.host == "localhost" or ipaddress.IPv4Address(self.host).is_loopback
+        except ValueError:
+            loopback = False
+        require(loopback, "host",
+                f"must be a loopback address (127.0.0.1 or localhost), got {self.host!r}: the "
+                "page shows names and the camera, which must not leave the device")
+        require(1024 <= self.port <= 65535, "port", f"must be 1024..65535, got {self.port}")
+        require(0 <= self.preview_fps <= 5, "preview_fps",
+                f"must be 0..5 (0: no preview), got {self.preview_fps}")
+        require(1 <= self.result_hold_s <= 30, "result_hold_s",
+                f"must be 1..30 seconds, got {self.result_hold_s}")
+
+
+@dataclass
 class DeviceConfig:
     """The whole device configuration."""
 
@@ -255,6 +290,7 @@ class DeviceConfig:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     liveness: LivenessGateConfig = field(default_factory=LivenessGateConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
     #: Seconds between telemetry messages (fps, latencies, outbox depth, temperature, disk).
     telemetry_interval_s: float = 30.0
     #: After a replay ends, how long to wait for the outbox to drain before exiting.

@@ -15,7 +15,7 @@ from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.replay import ReplaySource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.commands import CommandHandler, CommandResult
-from device.config import CaptureConfig, DeviceConfig
+from device.config import CaptureConfig, DeviceConfig, ScreenConfig
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
 from device.infer.bundle import ModelBundle, calibrated_threshold, load_bundle
@@ -24,6 +24,7 @@ from device.infer.pipeline import FacePipeline
 from device.liveness_gate import LivenessGate
 from device.outbox import Outbox
 from device.roster_source import RosterSource
+from device.screen import Screen
 from device.uplink import Uplink
 from gerbang import __version__, wire
 from gerbang.sdnotify import SystemdNotifier
@@ -79,6 +80,45 @@ def _liveness_gate(config: DeviceConfig, bundle: ModelBundle) -> LivenessGate | 
              "lock a card for %.0fs", cfg.challenge, "/".join(cfg.actions), cfg.timeout_s,
              cfg.passive, cfg.planarity, cfg.max_failures, cfg.window_s, cfg.lockout_s)
     return LivenessGate(cfg, check)
+
+
+#: The uplink must be down this long before the screen says so (a reconnect takes a moment).
+OFFLINE_AFTER_S = 3.0
+
+
+def open_screen(config: ScreenConfig) -> Screen | None:
+    """The applicant screen as configured; None when off, or when its port cannot be had (the
+    door works without a display, so that is logged, not fatal)."""
+    if not config.enabled:
+        return None
+    try:
+        return Screen(config.host, config.port, preview_fps=config.preview_fps,
+                      result_hold_s=config.result_hold_s)
+    except OSError as exc:
+        log.error("applicant screen cannot listen on %s:%d (%s); running without it",
+                  config.host, config.port, exc)
+        return None
+
+
+def watch_uplink(uplink: Uplink, screen: Screen, stop: threading.Event) -> threading.Thread:
+    """Keep the screen's resting state at ``offline`` while the broker is unreachable for more
+    than :data:`OFFLINE_AFTER_S`, ``ready`` otherwise, until ``stop`` is set."""
+
+    def watch() -> None:
+        shown, down_since = "ready", None
+        while not stop.wait(0.5):
+            if uplink.connected:
+                down_since, state = None, "ready"
+            else:
+                down_since = down_since or time.monotonic()
+                state = "offline" if time.monotonic() - down_since >= OFFLINE_AFTER_S else shown
+            if state != shown:
+                screen.show(state)
+                shown = state
+
+    thread = threading.Thread(target=watch, name="screen-uplink", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -148,6 +188,10 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         on_command=command, telemetry=telemetry,
         telemetry_interval_s=config.telemetry_interval_s)
     uplink.start()
+    screen = open_screen(config.screen)
+    screen_stop = threading.Event()
+    if screen is not None:
+        watch_uplink(uplink, screen, screen_stop)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,7 +199,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
 
     loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
                        config.quality, door, outbox, ident, on_recorded=uplink.notify,
-                       liveness=liveness)
+                       liveness=liveness, screen=screen)
     loop_ref.append(loop)
     source = open_source(config.capture)
     systemd = SystemdNotifier()
@@ -171,6 +215,9 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
     finally:
         systemd.stopping()
         source.close()
+        screen_stop.set()
+        if screen is not None:
+            screen.close()
         uplink.stop()
         door.close()
         result = {**loop.counts, "published": uplink.published, "outbox_depth": outbox.depth(),

@@ -300,6 +300,7 @@ def test_switch_is_on_at_its_active_level_whatever_the_pull(mock_pins, pull, act
 @pytest.mark.parametrize(("state", "colours", "beeps", "watch_s", "rests_after_s"), [
     ("ready", {BLUE}, (), 0.3, None),
     ("look_at_camera", {WHITE, OFF}, (), 0.35, None),
+    ("challenge", {WHITE, OFF}, (0.08, 0.08), 0.5, None),
     ("accepted", {GREEN}, (0.15,), 0.3, None),
     ("refused", {RED, OFF}, (0.2, 0.2, 0.2), 1.1, 1.2),
     ("offline", {YELLOW, OFF}, (), 1.2, None),

@@ -51,6 +51,9 @@ class Pattern:
 PATTERNS: dict[str, Pattern] = {
     "ready": Pattern(BLUE),
     "look_at_camera": Pattern(WHITE, blink=(0.25, 0.25), hold_s=3.0),
+    # The liveness challenge: the prompt is on the screen; two short beeps make the applicant
+    # look at it (issue 4: "on its screen and with a sound").
+    "challenge": Pattern(WHITE, blink=(0.25, 0.25), beeps=(0.08, 0.08, 2), hold_s=5.0),
     "accepted": Pattern(GREEN, beeps=(0.15, 0.1, 1), hold_s=3.0),
     "refused": Pattern(RED, blink=(0.2, 0.2), blinks=3, beeps=(0.2, 0.2, 3), hold_s=1.2),
     "offline": Pattern(YELLOW, blink=(1.0, 1.0)),
