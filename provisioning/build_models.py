@@ -779,6 +779,16 @@ def build(out: Path, work: Path, pins: dict[str, str]) -> dict[str, Any]:
             r: m["sha256"] for r, m in models.items()}
         if same and "calibration" in old:
             manifest["calibration"] = old["calibration"]
+        # Fitted artefacts (the passive liveness classifier) stay valid while the embedder
+        # they were fitted on is unchanged.
+        embedder = models.get("embedder", {}).get("sha256")
+        kept = {r: a for r, a in old.get("artefacts", {}).items()
+                if a.get("fitted_on_embedder") == embedder}
+        if kept:
+            manifest["artefacts"] = kept
+        if len(kept) < len(old.get("artefacts", {})):
+            log("embedder changed: re-fit the passive liveness model with "
+                "`python provisioning/train_pad.py`")
         elif "calibration" in old:
             log("models changed: the old calibration is dropped; re-run "
                 "`gerbang-device eval DIR --enroll 3 --calibrate`")

@@ -416,6 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.out.write_text(dump_json(doc))
+    if (args.out.parent / "manifest.json").is_file():
+        # Pin the fitted classifier in the bundle it was fitted for (see device.infer.bundle).
+        from device.infer.bundle import pin_artefact
+
+        pin_artefact(args.out.parent, "pad_passive", args.out,
+                     fitted_on_embedder=doc["features"]["embedder_sha256"])
     print(f"wrote {args.out} (C={c}, threshold {threshold:.4f}); timings {timings}",
           file=sys.stderr)
     return 0

@@ -34,6 +34,17 @@ def test_one_flipped_byte_is_refused_naming_the_file(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_altered_passive_liveness_model_is_refused_like_a_model(bundle_copy):
+    bundle = load_bundle(bundle_copy)
+    entry = bundle.manifest["artefacts"]["pad_passive"]
+    # Pinned for the shipped embedder, so a rebuild with another SFace drops it.
+    assert entry["fitted_on_embedder"] == bundle.hashes()["embedder"]
+    path = bundle_copy / entry["file"]
+    path.write_text(path.read_text().replace('"threshold": 0.', '"threshold": 0.0', 1))
+    with pytest.raises(ModelBundleError, match="pad_passive"):
+        load_bundle(bundle_copy)
+
+
 def test_missing_file_and_missing_manifest_are_refused(bundle_copy):
     (bundle_copy / load_bundle(bundle_copy).entry("detector")["file"]).unlink()
     with pytest.raises(ModelBundleError, match="missing"):

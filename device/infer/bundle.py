@@ -70,7 +70,9 @@ def load_bundle(directory: Path | None = None) -> ModelBundle:
     models = manifest.get("models")
     if not isinstance(models, dict) or not models:
         raise ModelBundleError(f"model manifest {manifest_path} lists no models")
-    for role, entry in models.items():
+    # ``artefacts`` are files fitted on top of the models (the passive liveness classifier):
+    # pinned the same way, so an altered classifier stops the device like an altered model.
+    for role, entry in [*models.items(), *manifest.get("artefacts", {}).items()]:
         path = directory / entry["file"]
         if not path.is_file():
             raise ModelBundleError(f"model file {path} ({role}) is missing")
@@ -80,6 +82,20 @@ def load_bundle(directory: Path | None = None) -> ModelBundle:
                 f"model file {path} ({role}) does not match its manifest: sha256 {actual[:16]}… "
                 f"expected {entry['sha256'][:16]}…; refusing to start with an altered model")
     return ModelBundle(directory=directory, manifest=manifest)
+
+
+def pin_artefact(directory: Path, role: str, file: Path, **details: Any) -> dict[str, Any]:
+    """Record ``file`` (inside ``directory``) under ``artefacts`` in the bundle's manifest with
+    its sha256 (used by ``provisioning/train_pad.py`` after fitting)."""
+    from gerbang.files import write_atomic
+
+    manifest_path = Path(directory) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = {"file": Path(file).name, "sha256": sha256_file(file),
+             "bytes": Path(file).stat().st_size, **details}
+    manifest.setdefault("artefacts", {})[role] = entry
+    write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return entry
 
 
 def calibrated_threshold(bundle: ModelBundle, score_kind: str, far: float) -> float:
