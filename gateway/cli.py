@@ -41,6 +41,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if config.gateway.retention_days > 0:
+        threading.Thread(target=_retention_loop, args=(store, config.gateway.retention_days,
+                                                       stop), name="retention",
+                         daemon=True).start()
     if not config.gateway.http:
         log.info("ingest-only worker %s (database %s)", config.gateway.client_id,
                  config.gateway.db)
@@ -68,6 +72,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ingest.stop()
         log.info("stopped: %s", ingest.stats)
     return 0
+
+
+def _retention_loop(store: Store, days: float, stop: threading.Event,
+                    every_s: float = 3600.0) -> None:
+    """Blank biometric-adjacent columns older than ``days``, now and then every hour."""
+    while not stop.is_set():
+        try:
+            changed = store.purge_biometric(days * 86400)
+            if changed:
+                log.info("retention: blanked scores of %d events older than %g days", changed,
+                         days)
+        except Exception:
+            log.exception("retention purge failed; will retry")
+        stop.wait(every_s)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

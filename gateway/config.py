@@ -28,12 +28,16 @@ class ServiceConfig:
     #: The centre's clock for pages and the PDF report, hours from UTC: 7 WIB, 8 WITA, 9 WIT.
     #: Stored times, the API and CSV exports stay in UTC (ISO 8601 with Z).
     display_utc_offset_h: float = 7.0
+    #: Days after which match scores and frame references (biometric-adjacent) are blanked;
+    #: attendance facts are kept. Checked hourly while the gateway runs. 0 = never.
+    retention_days: float = 30.0
 
     def __post_init__(self) -> None:
         require(0 < self.http_port < 65536, "http_port", f"must be 1..65535, got {self.http_port}")
         require(self.centre == "+" or "/" not in self.centre, "centre", "must not contain '/'")
         require(-12 <= self.display_utc_offset_h <= 14, "display_utc_offset_h",
                 "must be -12..14 hours")
+        require(self.retention_days >= 0, "retention_days", "must be >= 0 (0 = keep)")
 
 
 @dataclass

@@ -46,7 +46,7 @@ def sparkline(values: list[int], width: int = 180, height: int = 36) -> str:
 templates.env.globals["sparkline"] = sparkline
 
 
-def _latency(store: Any) -> dict[str, dict[str, float]]:
+def _latency(store: Any) -> dict[str, dict[str, Any]]:
     """Median and 95th-percentile decision latency per gate over its last 200 events."""
     by_device: dict[str, list[float]] = {}
     for e in store.recent_events(2000):
@@ -54,11 +54,12 @@ def _latency(store: Any) -> dict[str, dict[str, float]]:
             values = by_device.setdefault(e["device_id"], [])
             if len(values) < 200:
                 values.append(float(e["latency_ms"]))
-    out = {}
-    for device, values in by_device.items():
-        values.sort()
+    out: dict[str, dict[str, Any]] = {}
+    for device, newest_first in by_device.items():
+        values = sorted(newest_first)
         out[device] = {"p50": values[len(values) // 2],
-                       "p95": values[min(len(values) - 1, int(len(values) * 0.95))]}
+                       "p95": values[min(len(values) - 1, int(len(values) * 0.95))],
+                       "series": [round(v) for v in reversed(newest_first[:60])]}
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from gateway.attendance import derive, public_board, session_attendance, totals
@@ -146,3 +147,24 @@ def test_retention_blanks_scores_but_keeps_attendance(store):
     assert all(e["score"] is None and e["frame_ref"] is None for e in store.events())
     att = session_attendance(store, "S1", now=DURING)
     assert totals(att["rooms"])["present"] == 4
+
+
+def test_retention_loop_blanks_old_scores_while_the_gateway_runs(store):
+    import threading
+
+    from gateway.cli import _retention_loop
+
+    scenario(store)
+    stop = threading.Event()
+    # A cut-off in the future stands in for "these events are older than the period".
+    thread = threading.Thread(target=_retention_loop, args=(store, -1.0, stop, 0.05))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while any(e["score"] is not None for e in store.events()):
+            assert time.monotonic() < deadline, "retention never ran"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
