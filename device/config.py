@@ -66,6 +66,9 @@ class CaptureConfig:
     height: int = 720
     fps: float = 0.0
     loop: bool = False
+    #: Replay only: behave like a camera (frames keep coming at ``fps`` while the gate is busy;
+    #: the gate judges the newest and drops the rest). Live cameras always do.
+    realtime: bool = False
     #: A live camera returning the same picture this long is reported frozen and reopened.
     freeze_s: float = 5.0
 

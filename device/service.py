@@ -12,6 +12,7 @@ from typing import Any
 
 from device.capture import FrameSource
 from device.capture.live import PiCameraSource, V4L2Source
+from device.capture.newest import NewestFrameSource
 from device.capture.replay import ReplaySource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.commands import CommandHandler, CommandResult
@@ -51,12 +52,16 @@ def open_source(capture: CaptureConfig) -> FrameSource:
     """The frame source the config names (live cameras are opened lazily by ``frames()``)."""
     size = (capture.width, capture.height)
     fps = capture.fps or 15.0
+    # A live camera keeps running while the gate thinks: judge the newest frame, drop the rest,
+    # so decisions never lag behind a queue (device.capture.newest).
     if capture.source == "picamera2":
-        return PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s)
+        return NewestFrameSource(PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s))
     if capture.source == "v4l2":
-        return V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s)
+        return NewestFrameSource(V4L2Source(capture.device, size=size, fps=fps,
+                                            freeze_s=capture.freeze_s))
     assert capture.path is not None  # validated by CaptureConfig
-    return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
+    replay = ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
+    return NewestFrameSource(replay) if capture.realtime else replay
 
 
 def cpu_temperature_c() -> float | None:
