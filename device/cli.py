@@ -173,6 +173,17 @@ def _cmd_pad_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from device.selftest import SelftestOptions, as_json, format_table, passed, run_selftest
+
+    gateway_url = None if args.gateway_url in ("off", "none", "") else args.gateway_url
+    options = SelftestOptions(gateway_url=gateway_url, timeout_s=args.timeout,
+                              gpio_step_s=args.step)
+    config, results = run_selftest(args.config, options)
+    print(as_json(config, results) if args.json else format_table(args.config, config, results))
+    return 0 if passed(results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -187,6 +198,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, required=True, help="device TOML config file")
     run.add_argument("--json", action="store_true", help="print the run's counters as JSON")
     run.set_defaults(func=_cmd_run)
+    selftest = sub.add_parser(
+        "selftest", help="check this gate after installing it: a pass/fail table",
+        description="Checks, one line each: the config; the clock (against the gateway's, "
+                    "else NTP); free disk; the gate's certificate; a real connection to the "
+                    "broker with it; the models against their sha256; the camera gives frames; "
+                    "every GPIO output toggled and every input read (watch the relay click, the "
+                    "LED go red, green, blue, and listen for the buzzer); the roster keys and "
+                    "roster. Stop the service first (sudo systemctl stop gerbang-device): the "
+                    "camera and the pins have one user at a time. Exit code 0 only when no "
+                    "check failed.",
+        epilog="Example: sudo -u gerbang /opt/gerbang/venv/bin/gerbang-device selftest "
+               "--config /etc/gerbang/device.toml")
+    selftest.add_argument("--config", type=Path, required=True, help="device TOML config file")
+    selftest.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    selftest.add_argument("--gateway-url", default="auto", metavar="URL",
+                          help="read the reference clock from this gateway URL (default: "
+                               "http://<broker host>:8080/healthz; 'off' to use NTP's status only)")
+    selftest.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                          help="per network or camera step (default 5)")
+    selftest.add_argument("--step", type=float, default=0.4, metavar="SECONDS",
+                          help="how long each GPIO output stays on (default 0.4)")
+    selftest.set_defaults(func=_cmd_selftest)
+
     verify = sub.add_parser("verify-models", help="check the model bundle's sha256 sums",
                             description="Check every model file against manifest.json.")
     verify.add_argument("--bundle", type=Path, default=None,

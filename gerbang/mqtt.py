@@ -1,4 +1,10 @@
-"""One way to build a paho-mqtt client for Gerbang, so device and gateway speak the same dialect."""
+"""One way to build a paho-mqtt client for Gerbang, so device and gateway speak the same dialect.
+
+TLS comes from the broker config: with ``[broker] ca_file`` (and ``cert_file``/``key_file`` for
+mutual TLS) every client made here connects over TLS 1.2+ and checks the broker's certificate
+against the centre CA and the broker's name, so the device uplink and the gateway ingest need no
+TLS code of their own.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ def make_client(client_id: str, broker: BrokerConfig, *, persistent_session: boo
 
     ``persistent_session`` asks the broker to keep subscriptions and QoS 1 messages across
     reconnects (clean-start false), which the gateway wants so nothing published while it
-    restarts is lost in the broker.
+    restarts is lost in the broker. With ``broker.ca_file`` set the client connects over TLS
+    (``BrokerConfig.tls_context``: TLS 1.2+, the centre CA only, the broker's name checked,
+    the client certificate when configured).
     """
     if broker.protocol == 5:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -27,6 +35,9 @@ def make_client(client_id: str, broker: BrokerConfig, *, persistent_session: boo
                              protocol=mqtt.MQTTv311, clean_session=not persistent_session)
     if broker.username:
         client.username_pw_set(broker.username, broker.password)
+    context = broker.tls_context()
+    if context is not None:
+        client.tls_set_context(context)
     # Back off 1..30 s between reconnect attempts: fast after a broker restart, gentle when down.
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     client.enable_logger(logging.getLogger(f"paho.{client_id}"))

@@ -1,18 +1,29 @@
-"""``gerbang-provision``: the technician's tool (models, rosters, roster keys, demo faces)."""
+"""``gerbang-provision``: the technician's tool (centre PKI, broker config, gate bundles and
+installs, rosters and roster keys, models, demo faces)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device.infer.bundle import ModelBundleError
 from device.keyfile import KeyFileError
 from device.roster import RosterError
+from gerbang.config import ConfigError
 from gerbang.logs import setup_logging
+from provisioning.bundle import ProvisionError
+from provisioning.pki import PKIError
+
+if TYPE_CHECKING:
+    from provisioning.bundle import Centre
+    from provisioning.pki import CentreCA
 
 log = logging.getLogger("provision")
 
@@ -160,22 +171,559 @@ def _cmd_demo_faces(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# centre PKI, broker, device bundles (the `ca`, `device`, `gateway-cert`, `revoke`,
+# `broker-config`, `bundle` and `install` commands)
+
+
+def _centre_dir(args: argparse.Namespace) -> Path:
+    return Path(args.centre_dir)
+
+
+def _ca_passphrase(prompt: str, *, confirm: bool = False) -> bytes:
+    """The CA key's passphrase from $GERBANG_CA_PASSPHRASE, else asked on the terminal."""
+    import getpass
+
+    from provisioning.bundle import ProvisionError
+
+    if os.environ.get("GERBANG_CA_PASSPHRASE"):
+        return os.environ["GERBANG_CA_PASSPHRASE"].encode()
+    if not sys.stdin.isatty():
+        raise ProvisionError("the CA key is passphrase-protected: set GERBANG_CA_PASSPHRASE or "
+                             "run this in a terminal")
+    first = getpass.getpass(prompt)
+    if confirm and getpass.getpass("Again: ") != first:
+        raise ProvisionError("the two passphrases differ; nothing was created")
+    if not first:
+        raise ProvisionError("empty passphrase")
+    return first.encode()
+
+
+def _load_centre_and_ca(args: argparse.Namespace) -> tuple[Centre, CentreCA]:
+    """The centre folder and its CA (asking for the CA passphrase when the key has one)."""
+    from provisioning import pki
+    from provisioning.bundle import check_ca_matches, load_centre
+
+    centre = load_centre(_centre_dir(args))
+    key = centre.ca_dir / pki.CA_KEY
+    passphrase = None
+    if key.exists() and b"ENCRYPTED" in key.read_bytes()[:64]:
+        passphrase = _ca_passphrase(f"Passphrase of {key}: ")
+    return centre, check_ca_matches(centre, pki.load_centre_ca(centre.ca_dir, passphrase))
+
+
+def _cmd_ca_create(args: argparse.Namespace) -> int:
+    from provisioning.bundle import create_centre
+
+    passphrase = (_ca_passphrase("New passphrase for the CA key: ", confirm=True)
+                  if args.passphrase else None)
+    centre = create_centre(_centre_dir(args), args.centre, args.broker_host, args.broker_port,
+                           roster_keys_dir=args.roster_keys, passphrase=passphrase)
+    print(f"Centre {centre.centre_id} created in {centre.directory}:")
+    print(f"  CA                {centre.ca_dir}/ca.pem (key ca.key, mode 0600"
+          f"{', passphrase-protected' if passphrase else ''})")
+    print(f"  broker cert       {centre.broker_cert_dir}/broker.pem for "
+          f"{', '.join(centre.broker_hosts)} (port {centre.broker_port})")
+    print(f"  roster keys       {centre.roster_keys_dir}")
+    print("Back this folder up offline now: it is the only copy of the keys every gate of the "
+          "centre trusts.")
+    print("Next: `gerbang-provision device add DEVICE --room ROOM` for each gate, "
+          "`gerbang-provision gateway-cert`, `gerbang-provision broker-config --out DIR`.")
+    return 0
+
+
+def _cmd_ca_status(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from provisioning import pki
+    from provisioning.bundle import load_device
+
+    centre, ca = _load_centre_and_ca(args)
+    now = dt.datetime.now(dt.UTC)
+    revoked = {e["serial"]: e for e in json.loads(ca.revoked_path.read_text())["revoked"]}
+    crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    rooms = {d: load_device(centre, d).room for d in centre.device_ids()}
+    rows = []
+    for cert in pki.issued_certificates(ca):
+        serial = f"{cert.serial_number:x}"
+        cn = pki.common_name_of(cert)
+        end = cert.not_valid_after_utc
+        if serial in revoked:
+            state = f"revoked {revoked[serial]['revoked_at'][:10]}"
+            if revoked[serial].get("reason"):
+                state += f" ({revoked[serial]['reason']})"
+        elif end <= now:
+            state = "EXPIRED"
+        else:
+            state = "valid"
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        kind = ("gateway" if cn == pki.GATEWAY_IDENTITY else
+                "broker" if ExtendedKeyUsageOID.SERVER_AUTH in usage else "gate")
+        rows.append({"name": cn, "kind": kind, "room": rooms.get(cn), "serial": serial,
+                     "valid_until": f"{end:%Y-%m-%d}", "days_left": (end - now).days,
+                     "state": state})
+    warnings = pki.ca_expiry_warnings(ca, args.warn_days)
+    next_update = crl.next_update_utc
+    if args.json:
+        print(json.dumps({
+            "centre": centre.centre_id, "ca_valid_until": f"{ca.cert.not_valid_after_utc:%Y-%m-%d}",
+            "crl_next_update": f"{next_update:%Y-%m-%d}" if next_update else None,
+            "revoked": len(revoked), "certificates": rows, "warnings": warnings}))
+        return 1 if warnings else 0
+    print(f"Centre {centre.centre_id} ({centre.directory})")
+    print(f"  CA valid until {ca.cert.not_valid_after_utc:%Y-%m-%d} "
+          f"({(ca.cert.not_valid_after_utc - now).days} days left)")
+    if next_update:
+        print(f"  CRL next update due {next_update:%Y-%m-%d} ({(next_update - now).days} days); "
+              f"{len(revoked)} certificate(s) revoked")
+    print(f"  broker reached as {', '.join(centre.broker_hosts)} port {centre.broker_port}")
+    print(f"\n  {'name':24s} {'kind':8s} {'room':8s} {'serial':12s} {'valid until':11s} state")
+    for row in rows:
+        print(f"  {row['name']:24s} {row['kind']:8s} {row['room'] or '-':8s} "
+              f"{row['serial'][:12]:12s} {row['valid_until']:11s} {row['state']}")
+    print()
+    if warnings:
+        print(f"WARNINGS (within {args.warn_days} days):")
+        for line in warnings:
+            print(f"  {line}")
+        return 1
+    print(f"OK: nothing expires within {args.warn_days} days and the CRL is current.")
+    return 0
+
+
+def _cmd_ca_refresh_crl(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    from provisioning import pki
+    from provisioning.bundle import sync_crl
+
+    centre, ca = _load_centre_and_ca(args)
+    path = pki.refresh_crl(ca)
+    copied = sync_crl(centre, ca)
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    print(f"CRL re-signed: {path}, next update due {crl.next_update_utc:%Y-%m-%d}")
+    if copied:
+        print(f"copied to {copied}")
+    print("Copy crl.pem to the broker host and restart the broker (sudo systemctl restart "
+          "mosquitto) before the old CRL's next update, or the broker refuses every client.")
+    return 0
+
+
+def _cmd_device_add(args: argparse.Namespace) -> int:
+    from provisioning.bundle import add_device, fetch_csr_command
+    from provisioning.pki import load_certificate
+
+    centre, ca = _load_centre_and_ca(args)
+    csr: Path | bytes | None = args.csr
+    if args.csr_from_host:
+        command = fetch_csr_command(args.csr_from_host, args.device, centre.centre_id,
+                                    args.etc_dir)
+        if args.dry_run:
+            print(shlex.join(command))
+            return 0
+        done = subprocess.run(command, capture_output=True, check=False)
+        if done.returncode != 0:
+            log.error("making the key on %s failed (ssh exit %d): %s", args.csr_from_host,
+                      done.returncode, done.stderr.decode(errors="replace").strip()[-500:])
+            return 2
+        csr = done.stdout
+    elif args.dry_run:
+        log.error("--dry-run only applies to --csr-from-host")
+        return 2
+    record = add_device(centre, ca, args.device, args.room, csr=csr, replace=args.replace)
+    cert = load_certificate(record.cert_path)
+    print(f"{record.device_id} (room {record.room}): certificate serial {record.serial:x}, valid "
+          f"until {cert.not_valid_after_utc:%Y-%m-%d}")
+    print("  key: " + ("made on the gate itself; it never left it" if record.key_on_device
+                       else f"made here, {record.key_path} (goes to the gate in its bundle)"))
+    if args.replace:
+        print("  the previous certificate is revoked: restart the broker (sudo systemctl "
+              "restart mosquitto) so it refuses the old one")
+    print(f"Next: gerbang-provision bundle {record.device_id} --session SESSION")
+    return 0
+
+
+def _cmd_device_csr_command(args: argparse.Namespace) -> int:
+    from provisioning.bundle import csr_shell_command, load_centre
+
+    centre = load_centre(_centre_dir(args))
+    print(csr_shell_command(args.device, centre.centre_id, args.etc_dir))
+    return 0
+
+
+def _cmd_gateway_cert(args: argparse.Namespace) -> int:
+    from provisioning.bundle import gateway_broker_toml, issue_gateway_cert
+
+    centre, ca = _load_centre_and_ca(args)
+    issued = issue_gateway_cert(centre, ca, replace=args.replace)
+    snippet = gateway_broker_toml(centre, args.etc_dir)
+    (centre.gateway_dir / "broker.toml").write_text(snippet)
+    print(f"Gateway certificate (CN gateway) valid until "
+          f"{issued.cert.not_valid_after_utc:%Y-%m-%d}, in {centre.gateway_dir}:")
+    print("  gateway.pem, gateway.key (0600), ca.pem")
+    print(f"On the gateway host copy them to {args.etc_dir.rstrip('/')}/tls/ (key owned by the "
+          "gerbang user, mode 0600) and put this in gateway.toml "
+          f"(also in {centre.gateway_dir / 'broker.toml'}):\n")
+    print(snippet)
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from provisioning.bundle import revoke_device
+
+    centre, ca = _load_centre_and_ca(args)
+    serials = revoke_device(centre, ca, args.device, args.reason)
+    print(f"Revoked {args.device}: serial {', '.join(f'{s:x}' for s in serials)} "
+          f"({args.reason}); CRL re-signed: {ca.crl_path}")
+    if centre.broker_config_dir:
+        print(f"  copied to {centre.broker_config_dir / 'certs' / 'crl.pem'}")
+    print("Now restart the broker (sudo systemctl restart mosquitto) after copying crl.pem to "
+          "it: the broker reads the CRL at start, and a connection already open stays open "
+          "until the restart.")
+    return 0
+
+
+def _cmd_broker_config(args: argparse.Namespace) -> int:
+    from provisioning.bundle import replace_server_cert, write_broker_config
+
+    centre, ca = _load_centre_and_ca(args)
+    if args.broker_host:
+        centre, _ = replace_server_cert(centre, ca, args.broker_host)
+        print(f"New broker certificate for {', '.join(args.broker_host)} (the old one is "
+              "revoked): make the gates' bundles again if the first name changed.")
+    centre, files = write_broker_config(
+        centre, ca, args.out, install_dir=args.install_dir, bind_address=args.bind,
+        run_as_user=args.user, persistence_dir=args.persistence_dir)
+    print(f"Broker config for centre {centre.centre_id} in {files.directory}:")
+    print(f"  {files.config_path.name} (TLS listener on port {centre.broker_port}, client "
+          "certificates required, identity from the certificate), acl, certs/")
+    if files.install_dir:
+        print(f"  INSTALL.txt: how to put it in {files.install_dir} on the broker host")
+    else:
+        print(f"  run it here: mosquitto -c {files.config_path.resolve()}")
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from provisioning.bundle import (
+        BundleOptions,
+        default_archive_path,
+        load_centre,
+        write_bundle,
+        write_bundle_archive,
+    )
+
+    centre = load_centre(_centre_dir(args))
+    options = BundleOptions(
+        session=args.session, etc_dir=args.etc_dir, data_dir=args.data_dir, camera=args.camera,
+        replay_path=args.replay_path, pin_map=args.pins, pin_factory=args.pin_factory,
+        broker_host=args.broker_host, rosters=tuple(args.roster),
+        liveness=None if args.liveness is None else args.liveness == "on",
+        model_threads=args.model_threads)
+    folder = write_bundle(centre, args.device, options)
+    print(f"Bundle of {args.device} (session {args.session}) in {folder}:")
+    print("  device.toml, tls/, keys/, WIRING.txt, install.sh"
+          + (f", incoming/ ({len(args.roster)} signed roster(s))" if args.roster else ""))
+    if args.tar is not None:
+        out = Path(args.tar) if args.tar else default_archive_path(folder)
+        write_bundle_archive(folder, out)
+        print(f"  archive: {out} (mode 0600: it holds the gate's keys)")
+    print(f"Next: gerbang-provision install {args.device} --host pi@ADDRESS, or copy the "
+          "folder to the Pi and run `sudo sh install.sh` in it.")
+    return 0
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from provisioning.bundle import (
+        bundle_info,
+        default_archive_path,
+        install_commands,
+        install_local,
+        load_centre,
+        load_device,
+        write_bundle_archive,
+    )
+
+    centre = load_centre(_centre_dir(args))
+    folder = load_device(centre, args.device).folder
+    info = bundle_info(folder)
+    if args.root:
+        if args.dry_run:
+            print(shlex.join(["env", f"DESTDIR={args.root}", "sh",
+                              str(folder / "install.sh")]))
+            return 0
+        done = install_local(folder, args.root)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        return 0 if done.returncode == 0 else 1
+    archive = write_bundle_archive(folder, default_archive_path(folder))
+    commands = install_commands(archive, args.device, args.host, etc_dir=info["etc_dir"],
+                                selftest=args.selftest, restart=args.restart, venv=args.venv)
+    if args.dry_run:
+        print(f"# bundle archive written: {archive}")
+        for command in commands:
+            print(shlex.join(command))
+        return 0
+    for number, command in enumerate(commands, 1):
+        print(f"[{number}/{len(commands)}] {shlex.join(command)}", file=sys.stderr)
+        code = subprocess.call(command)
+        if code != 0:
+            selftest = "gerbang-device selftest" in command[-1]
+            log.error("step %d of %d failed (exit code %d): %s", number, len(commands), code,
+                      "the self-test found a problem (its table is above); the gate service is "
+                      "stopped until you fix it and run `sudo systemctl start gerbang-device`"
+                      if selftest else shlex.join(command))
+            return 1
+    print(f"{args.device} installed on {args.host}")
+    return 0
+
+
+def _add_pki_commands(sub: argparse._SubParsersAction) -> None:
+    """The centre PKI, broker and device bundle commands (issue 7)."""
+    from provisioning.bundle import CAMERAS, DEFAULT_DATA_DIR, DEFAULT_ETC_DIR, DEFAULT_VENV
+    from provisioning.pki import REVOCATION_REASONS
+
+    centre = argparse.ArgumentParser(add_help=False)
+    centre.add_argument(
+        "--centre-dir", metavar="DIR", default=os.environ.get("GERBANG_CENTRE_DIR", "."),
+        help="the centre's provisioning folder (default: $GERBANG_CENTRE_DIR, else the current "
+             "folder)")
+
+    ca = sub.add_parser(
+        "ca", help="create the centre (CA, broker certificate, roster keys); check expiry",
+        description="Every exam centre has its own certificate authority (CA). It vouches for "
+                    "the broker, the gateway and every gate; the broker lets in only what it "
+                    "signed and has not revoked. Its key stays on this laptop.")
+    casub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    create = casub.add_parser(
+        "create", parents=[centre], help="make a new centre folder (once per centre)",
+        description="Makes the centre folder: the CA (ca/ca.key stays here, mode 0600), the "
+                    "broker's certificate for every name and address the gates use to reach it, "
+                    "and the roster keys. Refuses a folder that already holds a centre. Back the "
+                    "folder up offline afterwards: losing it means new certificates for every "
+                    "gate.",
+        epilog="Example: gerbang-provision ca create --centre c01 --centre-dir centres/c01 "
+               "--broker-host broker.c01.lan --broker-host 10.0.0.2")
+    create.add_argument("--centre", required=True, help="centre id, e.g. c01")
+    create.add_argument("--broker-host", action="append", required=True, metavar="NAME",
+                        help="a DNS name or IP address of the broker (repeat for each; the "
+                             "gates use the first)")
+    create.add_argument("--broker-port", type=int, default=8883,
+                        help="the broker's TLS port (default 8883)")
+    create.add_argument("--roster-keys", type=Path, metavar="DIR",
+                        help="use roster keys made earlier with `roster-key create` instead of "
+                             "making new ones in <centre-dir>/roster-keys")
+    create.add_argument("--passphrase", action="store_true",
+                        help="protect the CA key with a passphrase (asked now and at every "
+                             "signing; or set GERBANG_CA_PASSPHRASE)")
+    create.set_defaults(func=_cmd_ca_create)
+    status = casub.add_parser(
+        "status", parents=[centre], help="list certificates and warn before anything expires",
+        description="Lists every certificate the CA issued (valid, revoked, expired) and warns "
+                    "about the CA, the CRL and certificates expiring soon. Exit code 1 when "
+                    "there is a warning, so it can run from cron. A stale CRL makes the broker "
+                    "refuse EVERY client: run `ca refresh-crl` before its next update.")
+    status.add_argument("--warn-days", type=int, default=30,
+                        help="warn this many days ahead (default 30)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=_cmd_ca_status)
+    refresh = casub.add_parser(
+        "refresh-crl", parents=[centre], help="re-sign the revocation list (every 180 days)",
+        description="Re-signs crl.pem with a new next-update date (180 days) and copies it into "
+                    "the broker folder; then copy it to the broker host and restart Mosquitto.")
+    refresh.set_defaults(func=_cmd_ca_refresh_crl)
+
+    device = sub.add_parser(
+        "device", help="give a gate its certificate (add), or the command to make its key",
+        description="A gate proves who it is to the broker with a certificate whose name (CN) "
+                    "is its device id. Best: its key is made on the gate itself and only a "
+                    "certificate request (CSR) comes back (--csr or --csr-from-host). Otherwise "
+                    "the key is made here and travels in the gate's bundle.")
+    dsub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+    add = dsub.add_parser(
+        "add", parents=[centre], help="certify a gate (key made on the gate, or here)",
+        description="Signs the gate's certificate and records its room. With --csr FILE or "
+                    "--csr-from-host pi@ADDRESS the key was made on the gate and never leaves "
+                    "it; with neither, the key is made here (mode 0600) and goes in the bundle. "
+                    "A gate that already has a certificate needs --replace (the old one is "
+                    "revoked; restart the broker).",
+        epilog="Examples: gerbang-provision device add c01-r01-a --room R01; "
+               "gerbang-provision device add c01-r02-a --room R02 --csr-from-host "
+               "pi@10.0.0.22")
+    add.add_argument("device", help="device id, e.g. c01-r01-a (centre-room-door)")
+    add.add_argument("--room", required=True, help="room the gate guards, e.g. R01")
+    how = add.add_mutually_exclusive_group()
+    how.add_argument("--csr", type=Path, metavar="FILE",
+                     help="the gate's certificate request (from `device csr-command`)")
+    how.add_argument("--csr-from-host", metavar="USER@HOST",
+                     help="make the key on the Pi over SSH and fetch its request")
+    add.add_argument("--etc-dir", default=DEFAULT_ETC_DIR,
+                     help=f"the gate's config folder, for --csr-from-host (default "
+                          f"{DEFAULT_ETC_DIR})")
+    add.add_argument("--replace", action="store_true",
+                     help="revoke the gate's current certificate and issue a new one")
+    add.add_argument("--dry-run", action="store_true",
+                     help="with --csr-from-host: print the ssh command, run nothing")
+    add.set_defaults(func=_cmd_device_add)
+    csrcmd = dsub.add_parser(
+        "csr-command", parents=[centre], help="print the command that makes a gate's key on it",
+        description="Prints one command to paste into the Pi's terminal: it makes the gate's "
+                    "key in /etc/gerbang/tls (mode 0600, never overwritten) with openssl and "
+                    "prints the certificate request. Save that text as DEVICE.csr and run "
+                    "`gerbang-provision device add DEVICE --room ROOM --csr DEVICE.csr`.")
+    csrcmd.add_argument("device", help="device id, e.g. c01-r01-a")
+    csrcmd.add_argument("--etc-dir", default=DEFAULT_ETC_DIR,
+                        help=f"the gate's config folder (default {DEFAULT_ETC_DIR})")
+    csrcmd.set_defaults(func=_cmd_device_csr_command)
+
+    gateway = sub.add_parser(
+        "gateway-cert", parents=[centre], help="make the gateway's certificate and key",
+        description="Writes gateway/gateway.pem, gateway.key (0600) and ca.pem into the centre "
+                    "folder and prints the [broker] table for gateway.toml. The gateway reads "
+                    "every gate's messages and sends commands; guard its key like the CA's.")
+    gateway.add_argument("--etc-dir", default=DEFAULT_ETC_DIR,
+                         help="where the files will be on the gateway host (default "
+                              f"{DEFAULT_ETC_DIR}; they go in its tls/ folder)")
+    gateway.add_argument("--replace", action="store_true",
+                         help="revoke the current gateway certificate and make a new one")
+    gateway.set_defaults(func=_cmd_gateway_cert)
+
+    revoke = sub.add_parser(
+        "revoke", parents=[centre], help="shut a gate out of the broker (lost, stolen, retired)",
+        description="Revokes the gate's certificate and re-signs the revocation list (crl.pem, "
+                    "also copied into the broker folder). The broker refuses the gate once it "
+                    "is restarted with the new crl.pem; until then a connection already open "
+                    "stays open. A revoked gate needs `device add --replace` to come back.")
+    revoke.add_argument("device", help="device id, e.g. c01-r01-a")
+    revoke.add_argument("--reason", default="cessation_of_operation",
+                        choices=sorted(REVOCATION_REASONS),
+                        help="why (default cessation_of_operation; key_compromise for a stolen "
+                             "gate)")
+    revoke.set_defaults(func=_cmd_revoke)
+
+    broker = sub.add_parser(
+        "broker-config", parents=[centre], help="write the Mosquitto config, ACL and certificates",
+        description="Writes a folder for the centre's Mosquitto: mosquitto.conf (one TLS "
+                    "listener, client certificates required, the certificate name is the "
+                    "username, anonymous access off), acl (each gate only its own topics, the "
+                    "gateway all), and certs/ (ca.pem, crl.pem, broker.pem, broker.key). With "
+                    "--install-dir the paths are those on the broker host and INSTALL.txt says "
+                    "how to put it there.",
+        epilog="Example: gerbang-provision broker-config --out broker-c01 --install-dir "
+               "/etc/mosquitto/gerbang")
+    broker.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder to write")
+    broker.add_argument("--install-dir", type=Path, metavar="DIR",
+                        help="where the folder will live on the broker host (default: where "
+                             "it is written, for a broker on this machine)")
+    broker.add_argument("--bind", metavar="ADDRESS",
+                        help="listen on this address only (default: every interface)")
+    broker.add_argument("--user", metavar="ACCOUNT",
+                        help="account Mosquitto switches to when started as root (default: "
+                             "mosquitto)")
+    broker.add_argument("--persistence-dir", type=Path, metavar="DIR",
+                        help="where Mosquitto keeps queued messages (default /var/lib/mosquitto "
+                             "with --install-dir, else <out>/data)")
+    broker.add_argument("--broker-host", action="append", metavar="NAME",
+                        help="make a new broker certificate for these names and addresses "
+                             "(repeat for each; the old certificate is revoked)")
+    broker.set_defaults(func=_cmd_broker_config)
+
+    bundle = sub.add_parser(
+        "bundle", parents=[centre], help="assemble everything one gate needs (folder, .tar.gz)",
+        description="Fills the gate's folder devices/DEVICE/ with device.toml (ids, broker and "
+                    "TLS paths, camera, pin map, [keys]), its certificate and the CA, its roster "
+                    "keys, WIRING.txt for the electrician and install.sh. Everything is checked "
+                    "first: the generated device.toml is validated as the gate will, and every "
+                    "--roster must be signed by this centre for the gate's room and session.",
+        epilog="Example: gerbang-provision bundle c01-r01-a --session S1 --roster "
+               "R01.roster.signed --tar")
+    bundle.add_argument("device", help="device id, e.g. c01-r01-a")
+    bundle.add_argument("--session", required=True, help="exam session the gate serves, e.g. S1")
+    bundle.add_argument("--roster", type=Path, action="append", default=[], metavar="FILE",
+                        help="signed roster (.roster.signed) to install at first start "
+                             "(repeatable; it can also be pushed from the gateway later)")
+    bundle.add_argument("--camera", choices=CAMERAS, default="picamera2",
+                        help="picamera2 (Pi camera, default), v4l2 (USB), replay (tests)")
+    bundle.add_argument("--replay-path", metavar="PATH",
+                        help="with --camera replay: the folder/playlist/video on the gate")
+    bundle.add_argument("--pins", type=Path, metavar="FILE",
+                        help="TOML file with the door's [gpio] table (default: standard wiring, "
+                             "see WIRING.txt)")
+    bundle.add_argument("--pin-factory", choices=("auto", "native", "mock"), default="auto",
+                        help="auto (default): real pins on a Pi; mock: no pins (tests)")
+    bundle.add_argument("--broker-host", metavar="NAME",
+                        help="how this gate reaches the broker, when not the centre's first "
+                             "name (the certificate is still checked against that)")
+    bundle.add_argument("--liveness", choices=("on", "off"),
+                        help="liveness step (default: on, off for --camera replay)")
+    bundle.add_argument("--model-threads", type=int, default=2,
+                        help="CPU threads for the face models (default 2)")
+    bundle.add_argument("--etc-dir", default=DEFAULT_ETC_DIR,
+                        help=f"config folder on the gate (default {DEFAULT_ETC_DIR})")
+    bundle.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help=f"data folder on the gate (default {DEFAULT_DATA_DIR})")
+    bundle.add_argument("--tar", nargs="?", const="", metavar="FILE",
+                        help="also write a .tar.gz (default devices/DEVICE.tar.gz)")
+    bundle.set_defaults(func=_cmd_bundle)
+
+    install = sub.add_parser(
+        "install", parents=[centre], help="copy a gate's bundle onto its Pi over SSH",
+        description="Copies the bundle to the Pi (scp) and runs its install.sh there with sudo "
+                    "(ssh): files under /etc/gerbang and /var/lib/gerbang, keys mode 0600, owned "
+                    "by the gerbang user. --root DIR installs into a folder instead (a mounted "
+                    "SD card). --dry-run prints the exact commands without running them.",
+        epilog="Example: gerbang-provision install c01-r01-a --host pi@10.0.0.21 --selftest "
+               "--restart")
+    install.add_argument("device", help="device id, e.g. c01-r01-a")
+    where = install.add_mutually_exclusive_group(required=True)
+    where.add_argument("--host", metavar="USER@HOST", help="the Pi, as ssh knows it")
+    where.add_argument("--root", type=Path, metavar="DIR",
+                       help="install under this folder instead (a mounted SD card's root "
+                            "file system)")
+    install.add_argument("--dry-run", action="store_true",
+                         help="print the commands, run nothing")
+    install.add_argument("--selftest", action="store_true",
+                         help="then run `gerbang-device selftest` on the Pi (service stopped)")
+    install.add_argument("--restart", action="store_true",
+                         help="then restart the gerbang-device service")
+    install.add_argument("--venv", default=DEFAULT_VENV,
+                         help=f"Gerbang's virtualenv on the Pi (default {DEFAULT_VENV})")
+    install.set_defaults(func=_cmd_install)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; help texts are written for the technician on site."""
     parser = argparse.ArgumentParser(
         prog="gerbang-provision",
-        description="Gerbang technician tool: check and build the face-model bundle, enroll "
-                    "applicants into room rosters, and sign them for the gates.",
-        epilog="Typical use: once per centre `gerbang-provision roster-key create --centre c01 "
-               "--keys keys/c01`, and once per gate `gerbang-provision roster-key export --keys "
-               "keys/c01 --room R01 --out bundles/c01-r01-a`. Before each exam session: "
-               "`gerbang-provision roster --photos-dir photos/R01 --session S1 --room R01 "
-               "--out R01.roster.json --keys keys/c01`, which also writes R01.roster.signed: "
-               "the signed, encrypted copy the room's gates accept. (Until the gate service "
-               "installs signed rosters, `gerbang-device run` still reads the plain roster, "
-               "copied as <data_dir>/roster.json.)")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Gerbang technician tool: set up a centre (certificates, broker, gates), "
+                    "enroll applicants into room rosters and sign them for the gates, check "
+                    "and build the face-model bundle.\n\n"
+                    "`gerbang-provision COMMAND --help` explains each command.",
+        epilog="""A new centre, once (run in the centre's folder, or pass --centre-dir DIR):
+  gerbang-provision ca create --centre c01 --broker-host broker.c01.lan --broker-host 10.0.0.2
+  gerbang-provision gateway-cert
+  gerbang-provision broker-config --out broker-c01 --install-dir /etc/mosquitto/gerbang
+
+Each gate (docs/provisioning.md walks through it):
+  gerbang-provision device add c01-r01-a --room R01 --csr-from-host pi@10.0.0.21
+  gerbang-provision bundle c01-r01-a --session S1 --roster R01.roster.signed
+  gerbang-provision install c01-r01-a --host pi@10.0.0.21 --selftest --restart
+
+Before each exam session:
+  gerbang-provision roster --photos-dir photos/R01 --session S1 --room R01 \\
+      --out R01.roster.json --keys roster-keys
+  (writes R01.roster.signed too: the signed, encrypted copy the room's gates accept)
+
+Now and then: gerbang-provision ca status (warns before a certificate or the revocation list
+expires); a lost or stolen gate: gerbang-provision revoke c01-r01-a, then restart the broker.""")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_pki_commands(sub)
 
     roster = sub.add_parser(
         "roster", help="enroll applicants from their photos into a room roster",
@@ -292,8 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("gerbang-provision", args.verbose)
     try:
         return args.func(args)
-    except (ModelBundleError, RosterError, KeyFileError, FileNotFoundError,
-            RuntimeError) as exc:
+    except (ModelBundleError, RosterError, KeyFileError, FileNotFoundError, RuntimeError,
+            PKIError, ProvisionError, ConfigError) as exc:
         log.error("%s", exc)
         return 2
 
