@@ -8,6 +8,11 @@ on ``cmd_ack`` with ``ok`` or a reason that names the bad field.
 ``wipe``           wipe every stored template on this gate
 ``roster``         install a signed roster pushed by the gateway (``{"roster_b64": …}``): its
                    signature, centre, session, room, model and version are checked first
+``models``         install a signed model bundle (``{"bundle_b64": …}``, or in resumable chunks
+                   ``{"sha256", "size", "offset", "chunk_b64"}``, each acknowledged with the next
+                   offset; ``"force": true`` allows a downgrade or a new embedder): signature,
+                   every file's sha256, version, then a self-check; used from the next start of
+                   the service, rolled back if it does not start (``device.model_update``)
 ``ping``           answer, to check the command path end to end
 =================  ==========================================================================
 
@@ -67,17 +72,24 @@ class CommandHandler:
 
     def __init__(self, session: str, data_dir: Path, grant: Callable[[], None],
                  record_alarm: Callable[[str, str | None], Any],
-                 install_roster: Callable[[dict[str, Any]], str] | None = None) -> None:
+                 install_roster: Callable[[dict[str, Any]], str] | None = None,
+                 install_models: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.session = session
         self.data_dir = data_dir
         self.grant = grant
         self.record_alarm = record_alarm
         self.install_roster = install_roster
+        self.install_models = install_models
 
     def _cmd_roster(self, body: dict[str, Any]) -> str:
         if self.install_roster is None:
             raise CommandError("roster: this gate takes no pushed rosters")
         return self.install_roster(body)
+
+    def _cmd_models(self, body: dict[str, Any]) -> str:
+        if self.install_models is None:
+            raise CommandError("models: this gate takes no pushed model bundles")
+        return self.install_models(body)
 
     def handle(self, name: str, payload: bytes) -> CommandResult:
         """Run command ``name``; never raises (the reason goes back to the gateway)."""
@@ -98,7 +110,7 @@ class CommandHandler:
             handler = getattr(self, f"_cmd_{name}", None) if name.isidentifier() else None
             if handler is None:
                 raise CommandError(f"command: unknown {name[:40]!r} (known: unlock, "
-                                   "roster, session_close, wipe, ping)")
+                                   "roster, models, session_close, wipe, ping)")
             detail = handler(body)
             log.info("command %s done: %s", name, detail)
             return CommandResult(name, True, detail, command_id)

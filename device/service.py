@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from device import model_update
 from device.capture import FrameSource
 from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.newest import NewestFrameSource
@@ -19,8 +20,13 @@ from device.commands import CommandHandler, CommandResult
 from device.config import CaptureConfig, DeviceConfig, ScreenConfig
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
-from device.infer.bundle import ModelBundle, calibrated_threshold, load_bundle
-from device.infer.liveness import LivenessCheck, LivenessConfig, PassiveLiveness
+from device.infer.bundle import ModelBundle, calibrated_threshold
+from device.infer.liveness import (
+    DEFAULT_PASSIVE_MODEL,
+    LivenessCheck,
+    LivenessConfig,
+    PassiveLiveness,
+)
 from device.infer.pipeline import FacePipeline
 from device.liveness_gate import LivenessGate
 from device.outbox import Outbox
@@ -78,7 +84,11 @@ def _liveness_gate(config: DeviceConfig, bundle: ModelBundle) -> LivenessGate | 
     if not cfg.enabled:
         log.info("liveness off (config [liveness] enabled = false)")
         return None
-    passive = PassiveLiveness.from_json(bundle=bundle, threads=config.models.threads,
+    # The classifier of the bundle in use (an installed update carries its own), pinned in its
+    # manifest; the package's copy only for a bundle that lists none.
+    pad = bundle.manifest.get("artefacts", {}).get("pad_passive")
+    pad_path = bundle.directory / pad["file"] if pad else DEFAULT_PASSIVE_MODEL
+    passive = PassiveLiveness.from_json(pad_path, bundle=bundle, threads=config.models.threads,
                                         runtime=config.models.runtime) if cfg.passive else None
     check = LivenessCheck(LivenessConfig(passive=cfg.passive, planarity=cfg.planarity), passive)
     log.info("liveness on: challenge %s (%s, %.1fs), passive %s, 3-D %s; %d failures in %.0fs "
@@ -134,7 +144,9 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
     """
     stop = stop or threading.Event()
     ident = config.gate
-    bundle = load_bundle(config.models.bundle_dir)  # verifies every sha256 or raises
+    # The installed model update if there is one (a pending one is confirmed once ready, or
+    # rolled back), else [models] bundle_dir / the shipped bundle; verifies every sha256.
+    bundle, confirm_models = model_update.bundle_for_start(config)
     rosters = RosterSource(config, bundle)
     roster = rosters.load()
     if (roster.session, roster.room) != (ident.session, ident.room):
@@ -172,7 +184,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
             return CommandResult(name, False, "gate is still starting")
         return CommandHandler(ident.session, ident.data_dir, door.grant,
                               loop_ref[0].record_alarm,
-                              rosters.push_handler(loop_ref[0].use_roster)).handle(name, payload)
+                              rosters.push_handler(loop_ref[0].use_roster),
+                              model_update.push_handler(config)).handle(name, payload)
 
     def telemetry() -> dict[str, Any]:
         loop = loop_ref[0] if loop_ref else None
@@ -208,6 +221,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
     loop_ref.append(loop)
     source = open_source(config.capture)
     systemd = SystemdNotifier()
+    confirm_models()
     systemd.ready(f"gate {ident.device_id} room {ident.room}: {len(roster.entries)} applicants")
     try:
         loop.run(source, should_stop=stop.is_set, progressed=systemd.pet)
