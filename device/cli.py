@@ -73,6 +73,8 @@ def write_calibration(bundle_dir: Path, report: dict, folder: Path) -> None:
     """Record the measured thresholds (per score kind and FAR) in the bundle's manifest."""
     import datetime
 
+    from gerbang.files import write_atomic
+
     manifest_path = bundle_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     thresholds, tars = {}, {}
@@ -87,7 +89,8 @@ def write_calibration(bundle_dir: Path, report: dict, folder: Path) -> None:
                     "the rest through the default quality gate",
         "fta": round(report["fta"], 4), "thresholds": thresholds, "tar": tars,
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    # Atomic: a gate or test reading the manifest meanwhile sees the old or the new one whole.
+    write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     log.info("calibration written to %s: %s", manifest_path, thresholds)
 
 
