@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -122,32 +123,37 @@ def _stage_frames(plan: Plan, gate_dir: Path, room: str) -> dict[str, Visit]:
     return truth
 
 
+def _toml_value(value: Any) -> str:
+    """One TOML value: booleans, numbers, and strings/paths (JSON string escapes are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
 def _write_device_config(path: Path, room: str, gate_dir: Path, broker_port: int, protocol: int,
-                         fps: float) -> None:
-    device_id = f"{CENTRE}-{room.lower()}-a"
-    path.write_text(f"""# written by gerbang-demo
-[gate]
-device_id = "{device_id}"
-centre = "{CENTRE}"
-room = "{room}"
-session = "{SESSION}"
-data_dir = "{gate_dir}"
+                         fps: float, *, device_id: str | None = None, centre: str = CENTRE,
+                         session: str = SESSION, capture: dict[str, Any] | None = None,
+                         broker: dict[str, Any] | None = None) -> None:
+    """A simulated gate's ``device.toml``: replayed frames, mock pins, one model thread.
 
-[broker]
-port = {broker_port}
-protocol = {protocol}
-
-[capture]
-source = "replay"
-path = "{gate_dir / 'frames'}"
-fps = {fps}
-
-[models]
-threads = 1
-
-[gpio]
-pin_factory = "mock"
-""")
+    ``capture`` and ``broker`` add or replace keys of those sections (the exam-day rehearsal
+    replays a camera feed playlist, and will put the TLS files in ``[broker]``).
+    """
+    sections: dict[str, dict[str, Any]] = {
+        "gate": {"device_id": device_id or f"{centre}-{room.lower()}-a", "centre": centre,
+                 "room": room, "session": session, "data_dir": gate_dir},
+        "broker": {"port": broker_port, "protocol": protocol, **(broker or {})},
+        "capture": {"source": "replay", "path": gate_dir / "frames", "fps": fps,
+                    **(capture or {})},
+        "models": {"threads": 1},
+        "gpio": {"pin_factory": "mock"},
+    }
+    lines = ["# written by gerbang-demo"]
+    for name, values in sections.items():
+        lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _get_json(url: str) -> Any:
@@ -166,11 +172,14 @@ def _wait_http(url: str, timeout: float = 30) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def _prepare_gateway(db: Path, rosters: dict[str, list[str]]) -> tuple[str, str]:
-    """Schedule the demo's exam session (doors open now, starts in 20 minutes, WIB), import its
-    roster, and create a one-off manager login; returns ``(username, password)``."""
+def _prepare_gateway(db: Path | str, rosters: dict[str, list[str]], *, session: str = SESSION,
+                     centre: str = CENTRE, name: str = "Demo SKD session 1",
+                     doors_open: datetime | None = None, starts_at: datetime | None = None,
+                     doors_close: datetime | None = None) -> tuple[str, str]:
+    """Schedule the exam session (by default doors open 5 minutes ago, it starts in 20 minutes,
+    WIB), import its roster, and create a one-off manager login; returns
+    ``(username, password)``. ``db`` is a SQLite path or a ``postgresql://`` URL."""
     import secrets
-    from datetime import datetime, timedelta, timezone
 
     from gateway.auth import add_user
     from gateway.store import open_store
@@ -180,15 +189,15 @@ def _prepare_gateway(db: Path, rosters: dict[str, list[str]]) -> tuple[str, str]
     wib = timezone(timedelta(hours=7))
     now = datetime.now(wib).replace(microsecond=0)
     store.upsert_session({
-        "session_id": SESSION, "centre": CENTRE, "name": "Demo SKD session 1",
-        "doors_open": (now - timedelta(minutes=5)).isoformat(),
-        "starts_at": (now + timedelta(minutes=20)).isoformat(),
-        "doors_close": (now + timedelta(minutes=30)).isoformat()})
+        "session_id": session, "centre": centre, "name": name,
+        "doors_open": (doors_open or now - timedelta(minutes=5)).isoformat(),
+        "starts_at": (starts_at or now + timedelta(minutes=20)).isoformat(),
+        "doors_close": (doors_close or now + timedelta(minutes=30)).isoformat()})
     entries = [{"applicant_id": person, "name": f"Peserta {person}", "room": room,
                 "seat": f"{seat:02d}"}
                for room, people in rosters.items()
                for seat, person in enumerate(sorted(people), start=1) if ID_PATTERN.match(person)]
-    store.replace_roster(SESSION, entries)
+    store.replace_roster(session, entries)
     password = secrets.token_urlsafe(9)
     add_user(store, "manager", password, "manager")
     return "manager", password
@@ -370,6 +379,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which broker to start (default: Mosquitto when installed)")
     parser.add_argument("--workdir", type=Path, help="where to keep rosters, logs, databases")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--scenario", choices=("demo", "exam-day"), default="demo",
+                        help="demo: two gates, live dashboard (default); exam-day: rehearse a "
+                             "whole centre's morning under faults and write a report "
+                             "(docs/rehearsal.md)")
+    day = parser.add_argument_group(
+        "exam-day rehearsal (--scenario exam-day; also takes --faces, --json, --workdir)")
+    day.add_argument("--rooms", type=int, default=20, help="exam rooms (default 20)")
+    day.add_argument("--gates-per-room", type=int, default=2,
+                     help="gates (device processes) per room (default 2)")
+    day.add_argument("--applicants", type=int, default=None,
+                     help="applicants (default: everyone in the faces folder with 4+ photos)")
+    day.add_argument("--window-s", type=float, default=None,
+                     help="the 30-minute doors-open window compressed into this many seconds "
+                          "(default 300)")
+    day.add_argument("--no-faults", action="store_true", help="rehearse without faults")
+    day.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                     help="the gateway's database (default sqlite)")
+    day.add_argument("--postgres", default=os.environ.get(
+        "GERBANG_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="with --backend postgresql: a server URL where a fresh database may be created "
+             "(and dropped at the end); default $GERBANG_POSTGRES or postgres@127.0.0.1")
+    day.add_argument("--camera-fps", type=float, default=None,
+                     help="frame rate of each simulated camera (default 1)")
+    day.add_argument("--seed", type=int, default=7, help="who does what, and when")
     return parser
 
 
@@ -377,12 +410,38 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
     setup_logging("gerbang-demo", args.verbose)
+    if args.scenario == "exam-day":
+        return _exam_day(args)
     summary = run_demo(args)
     if args.json:
         print(json.dumps(summary))
     else:
         print(json.dumps(summary, indent=2))
     return 0 if summary["published"] == summary["stored"] else 1
+
+
+def _exam_day(args: argparse.Namespace) -> int:
+    """``--scenario exam-day``: the rehearsal; exit 0 only when it passes."""
+    from gerbang.rehearsal import run_rehearsal
+
+    if args.rooms < 1 or args.gates_per_room < 1:
+        raise SystemExit("--rooms and --gates-per-room must be at least 1")
+    result = run_rehearsal(args)
+    if args.json:
+        keys = ("verdict", "attendance_matches", "lost", "duplicated", "undelivered",
+                "proxies", "proxies_admitted", "strangers", "strangers_admitted",
+                "photo_attacks", "photo_attacks_admitted", "present", "late", "absent",
+                "proctor_admits", "events_stored", "faults", "faults_survived", "latency_ms",
+                "peak_ram_mb", "wall_s", "window_s", "report", "workdir")
+        print(json.dumps({k: result[k] for k in keys}))
+    else:
+        equal = "equal to" if result["attendance_matches"] else "DIFFERENT from"
+        print(f"{result['verdict']}: attendance {equal} the ground truth in every room; "
+              f"{result['lost']} lost, {result['duplicated']} duplicated; "
+              f"{result['proxies_admitted']}/{result['proxies']} proxies admitted; "
+              f"{result['faults_survived']}/{len(result['faults'])} faults survived; "
+              f"{result['wall_s'] / 60:.1f} min. Report: {result['report']}")
+    return 0 if result["verdict"] == "PASS" else 1
 
 
 if __name__ == "__main__":

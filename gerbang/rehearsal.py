@@ -1,0 +1,2137 @@
+"""``gerbang-demo --scenario exam-day``: a whole centre's exam morning rehearsed on one machine.
+
+A centre of R rooms × G gates runs as the real processes: one Mosquitto, one gateway (SQLite or
+PostgreSQL), and one device service per gate. Every applicant walks up to a gate as real face
+photos with their participant card's QR, over a doors-open window compressed into
+``--window-s`` seconds, and the morning's mix is played out: applicants on the roster, people at
+the wrong room's door, people on no roster, proxies (*joki*) with someone else's card, photo
+attacks, faces the camera cannot see well, late arrivals. Faults are injected on a schedule: the
+broker restarted, the gateway killed with -9, one gate's network cut, one gate's process killed,
+one gate's power cut. At the end the gateway's own attendance is compared with the ground truth
+room by room, every gate's outbox counters with the stored events, and a report is written for
+the centre manager (``report.md`` with PNG plots in the work directory).
+
+How the simulated gates see people. A gate reads its camera as a replay playlist
+(``camera/feed.txt``, looped, in ``realtime`` mode so frames without a face stay silent, as with
+a live camera). The playlist normally names an empty-hallway picture; to show someone, the
+rehearsal writes their frame and points the playlist at it, learns from inotify the moment the
+gate's camera thread has read it, and points the playlist back at the hallway. The applicant
+then reads the outcome off the gate (its log line for the decision), as a person reads the
+screen, and acts on it: retries, goes to the right room, or asks the proctor, who admits them
+through the gateway's API after three refusals. Measurements never rely on those log lines:
+attendance comes from the gateway, delivery from the outboxes and the store.
+
+Time is compressed: the doors-open window of :data:`REAL_WINDOW_S` runs in ``--window-s``, and
+so do the network cut (5 minutes) and a Pi's boot. The gates' MQTT keep-alive is shortened to
+:data:`GATE_KEEPALIVE_S` for the same reason. Liveness is off (the gates replay stills), so a
+photo attack here shows the applicant's own enrollment photo and is reported as what it is;
+liveness is measured by ``gerbang-device pad-eval`` (docs/liveness.md). MQTT runs in the clear
+on loopback with the project's local Mosquitto config; see docs/rehearsal.md for switching to the
+centre's mutual-TLS config once provisioning bundles exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import random
+import re
+import select
+import shutil
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from gerbang.broker import MosquittoBroker, free_port
+from gerbang.demo import Visit as ScoredVisit
+from gerbang.demo import _prepare_gateway, _score, _wait_http, _write_device_config
+from gerbang.files import write_atomic
+from gerbang.progress import progress
+
+log = logging.getLogger("rehearsal")
+
+CENTRE = "rehearsal"
+SESSION = "EXAM-DAY-1"
+#: The doors-open window a real morning has (the issue's 30 minutes); ``--window-s`` compresses it.
+REAL_WINDOW_S = 30 * 60.0
+#: The network cut the issue asks for, in real time; scaled with the window.
+REAL_CUT_S = 5 * 60.0
+#: A Raspberry Pi's power-on to gate-service start, in real time; scaled with the window.
+REAL_BOOT_S = 40.0
+#: ``RestartSec`` of systemd/gerbang-device.service and a gateway's unit: not scaled (a process
+#: start on this machine is not faster for a compressed morning).
+RESTART_SEC = 2.0
+#: The gates' MQTT keep-alive in the rehearsal (30 s at a centre): short enough that a scaled
+#: network cut is long enough for both ends to notice it, as a 5-minute cut is at a centre.
+GATE_KEEPALIVE_S = 10
+#: Doors close this fraction of the window after the exam starts (late arrivals come then).
+LATE_FRACTION = 1 / 3
+#: How long an applicant waits at the gate for a decision after their frame was taken.
+DECISION_WAIT_S = 6.0
+#: Refusals of a genuine applicant before the proctor checks the KTP and admits them by hand.
+MAX_GENUINE_TRIES = 3
+#: The morning's mix, as fractions of the applicants (each at least one when there are enough).
+MIX = {"absent": 0.03, "proxy": 0.03, "late": 0.05, "wrong_room": 0.04, "poor_capture": 0.06,
+       "photo_attack": 0.02, "stranger": 0.03}
+#: Default doors-open window in seconds: the 30 minutes compressed 6×. Measured on the 2-core
+#: machine, the default run then takes 7-9 minutes in all (docs/rehearsal.md).
+DEFAULT_WINDOW_S = 300.0
+#: Frames per second of each simulated camera (an empty hallway costs the gate one detection).
+DEFAULT_CAMERA_FPS = 1.0
+FEED = "feed.txt"
+HALLWAY = "hallway.png"
+#: How the camera fails to see someone well, in turn, and the refusal each should cause.
+POOR_CAPTURES = ("dark", "blurred", "cut")
+GATE_WENT_DOWN = "the gate went down before deciding"
+QUALITY_REASONS = {"too_dark", "blurred", "face_cut_off", "face_too_small", "off_frontal",
+                   "overexposed", "multiple_faces"}
+
+
+# ---- the people and the plan ------------------------------------------------------------------
+
+
+@dataclass
+class Applicant:
+    """One registered applicant: who they are (a face folder) and where they sit."""
+
+    applicant_id: str
+    person: str
+    photos: list[Path]
+    room: str = ""
+
+    @property
+    def enrollment_photos(self) -> list[Path]:
+        """The three registration photos the roster is enrolled from."""
+        return self.photos[:3]
+
+    @property
+    def probe_photos(self) -> list[Path]:
+        """Photos never enrolled: what the gate camera 'sees' of them on the day."""
+        return self.photos[3:]
+
+
+@dataclass
+class Attempt:
+    """One frame shown to a gate, and what the gate did with it."""
+
+    face_of: str  # the person (face folder) in front of the camera
+    photo: Path
+    #: good | dark | blurred | cut | recapture | enrollment_photo
+    capture: str = "good"
+    card: str | None = None  # applicant id on the card held up (None: no card, 1:N)
+    cut_x: int = 0  # for ``cut``: the column where the frame's edge runs through the face
+    # What happened (filled in at the door):
+    frame_ref: str | None = None
+    shown_at: float | None = None  # seconds after doors open, when the camera took it
+    outcome: str | None = None  # accepted | refused | None (no decision seen)
+    reason: str | None = None
+    applicant_id: str | None = None
+    seq: int | None = None
+    note: str = ""
+
+
+@dataclass
+class DoorVisit:
+    """Someone arriving at one gate at one time, with the frames they may show."""
+
+    kind: str  # on_time | late | wrong_room | proxy | stranger | photo_attack
+    gate: str  # device id
+    at_s: float  # seconds after doors open
+    person: str
+    #: Whose record this visit is about: their own id, the proxy's victim, the attack's target.
+    applicant_id: str | None
+    attempts: list[Attempt]
+    #: Whether this person is genuinely entitled at this gate (retries, then the proctor).
+    genuine: bool = False
+    poor_capture: str | None = None
+    after: threading.Event | None = None  # wait for this (the wrong-room attempt) first
+    done: threading.Event = field(default_factory=threading.Event)
+    shown: list[Attempt] = field(default_factory=list)
+    admitted_at: float | None = None  # seconds after doors open
+    admitted_by: str | None = None  # "gate" | "proctor"
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class Plan:
+    """The centre, the rosters and the morning."""
+
+    rooms: list[str]
+    gates: dict[str, list[str]]  # room → device ids
+    applicants: dict[str, Applicant]  # enrolled, on a roster
+    visits: list[DoorVisit]
+    no_shows: list[str]
+    victims: dict[str, str]  # applicant id → the proxy's person
+    outsiders: list[str]  # people on no roster (proxies and strangers)
+
+
+def applicant_id_for(person: str) -> str:
+    """A wire-safe applicant id for a face folder name (``7201`` → ``P-7201``)."""
+    return "P-" + re.sub(r"[^A-Za-z0-9_.-]", "_", person)[:60]
+
+
+def room_names(count: int) -> list[str]:
+    """``R01`` … ``Rnn``."""
+    return [f"R{n:02d}" for n in range(1, count + 1)]
+
+
+def gate_ids(room: str, per_room: int) -> list[str]:
+    """Device ids of a room's gates: ``rehearsal-r01-a``, ``…-b``."""
+    return [f"{CENTRE}-{room.lower()}-{chr(ord('a') + n)}" for n in range(per_room)]
+
+
+def _count(fraction: float, total: int) -> int:
+    """How many of ``total`` applicants play a part of the mix (none in a tiny centre)."""
+    return max(1, round(fraction * total)) if total >= 6 else 0
+
+
+def choose_people(people: dict[str, list[Path]], applicants: int | None, seed: int,
+                  ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Split the faces into applicants (≥ 4 photos: 3 to enroll, the rest for the gate) and
+    outsiders (the people on no roster: proxies and strangers).
+
+    People with 2-3 photos are outsiders; when there are too few of them for the mix, some
+    would-be applicants are held back as outsiders too (logged).
+    """
+    rng = random.Random(seed)
+    eligible = sorted(p for p, photos in people.items() if len(photos) >= 4)
+    others = sorted(p for p, photos in people.items() if 2 <= len(photos) < 4)
+    wanted = min(applicants or len(eligible), len(eligible))
+    need_outsiders = _count(MIX["proxy"], wanted) + _count(MIX["stranger"], wanted)
+    short = max(0, need_outsiders - (len(others) + len(eligible) - wanted))
+    if short:
+        wanted -= short
+        log.info("%d fewer applicants than asked: they play proxies and people on no roster",
+                 short)
+    chosen = sorted(rng.sample(eligible, wanted))
+    spare = [p for p in eligible if p not in set(chosen)]
+    if len(others) < need_outsiders:
+        moved = rng.sample(spare, min(len(spare), need_outsiders - len(others)))
+        log.info("only %d people with 2-3 photos to play outsiders; %d more with 4+ photos "
+                 "play them instead", len(others), len(moved))
+        others += moved
+    return ({p: people[p] for p in chosen}, {p: people[p] for p in others})
+
+
+def make_plan(applicants: dict[str, Applicant], outsiders: dict[str, list[Path]], rooms: int,
+              gates_per_room: int, window_s: float, seed: int,
+              cut_at: Callable[[Path], int | None] = lambda photo: None) -> Plan:
+    """Seat the enrolled applicants in rooms, decide who does what, and when.
+
+    ``cut_at(photo)`` says where a frame edge would cut the face in a photo (for the ``cut``
+    poor captures); when it cannot, that applicant gets a dark capture instead.
+    """
+    rng = random.Random(seed + 1)
+    names = room_names(rooms)
+    gates = {room: gate_ids(room, gates_per_room) for room in names}
+    ids = sorted(applicants)
+    rng.shuffle(ids)
+    for n, aid in enumerate(ids):
+        applicants[aid].room = names[n % rooms]
+    total = len(ids)
+    late_s = window_s * LATE_FRACTION
+    pool = list(ids)
+
+    def take(kind: str) -> list[str]:
+        n = min(_count(MIX[kind], total), len(pool))
+        picked, pool[:] = pool[:n], pool[n:]
+        return picked
+
+    no_shows = take("absent")
+    victims_ids = take("proxy")
+    late = take("late")
+    wrong = take("wrong_room") if rooms > 1 else []
+    poor = take("poor_capture")
+    on_time = pool  # the rest, including poor captures and wrong-room people below
+    outsider_names = sorted(outsiders)
+    rng.shuffle(outsider_names)
+    victims = dict(zip(victims_ids, outsider_names, strict=False))
+    strangers = outsider_names[len(victims):][: _count(MIX["stranger"], total)]
+    visits: list[DoorVisit] = []
+    gate_turn: dict[str, int] = Counter()
+
+    def gate_of(room: str) -> str:
+        choice = gates[room][gate_turn[room] % len(gates[room])]
+        gate_turn[room] += 1
+        return choice
+
+    def genuine_attempts(applicant: Applicant) -> list[Attempt]:
+        probes = applicant.probe_photos
+        return [Attempt(applicant.person, probes[n % len(probes)],
+                        "good" if n < len(probes) else "recapture", applicant.applicant_id)
+                for n in range(MAX_GENUINE_TRIES)]
+
+    arrivals = {aid: rng.triangular(0.03 * window_s, 0.8 * window_s, 0.35 * window_s)
+                for aid in on_time + wrong + poor}
+    for aid in late:
+        arrivals[aid] = window_s + rng.uniform(0.1, 0.6) * late_s
+    poor_turn = 0
+    for aid in sorted(on_time + late + wrong + poor):
+        applicant = applicants[aid]
+        attempts = genuine_attempts(applicant)
+        visit = DoorVisit("late" if aid in late else "on_time", gate_of(applicant.room),
+                          arrivals[aid], applicant.person, aid, attempts, genuine=True)
+        if aid in poor:
+            kind = POOR_CAPTURES[poor_turn % len(POOR_CAPTURES)]
+            poor_turn += 1
+            cut_x = cut_at(applicant.probe_photos[0]) if kind == "cut" else None
+            if kind == "cut" and not cut_x:
+                kind = "dark"
+            visit.poor_capture = kind
+            visit.attempts.insert(0, Attempt(applicant.person, applicant.probe_photos[0], kind,
+                                             aid, cut_x=cut_x or 0))
+        if aid in wrong:
+            other = rng.choice([r for r in names if r != applicant.room])
+            wrong_visit = DoorVisit("wrong_room", gate_of(other), arrivals[aid],
+                                    applicant.person, aid,
+                                    [Attempt(applicant.person, applicant.probe_photos[0],
+                                             "good", aid)])
+            visits.append(wrong_visit)
+            visit.after = wrong_visit.done
+            visit.at_s = arrivals[aid] + max(3.0, 0.03 * window_s)  # the walk to the right room
+        visits.append(visit)
+    for aid, joki in victims.items():
+        photos = outsiders[joki]
+        room = applicants[aid].room
+        visits.append(DoorVisit("proxy", gate_of(room), rng.uniform(0.05, 0.75) * window_s, joki,
+                                aid, [Attempt(joki, photos[n % len(photos)], "good", aid)
+                                      for n in range(2)]))
+    for n, stranger in enumerate(strangers):
+        photos = outsiders[stranger]
+        card = None if n % 2 else applicant_id_for(f"X{stranger}")  # another session's card
+        room = rng.choice(names)
+        visits.append(DoorVisit("stranger", gate_of(room), rng.uniform(0.05, 0.75) * window_s,
+                                stranger, None,
+                                [Attempt(stranger, photos[k % len(photos)], "good", card)
+                                 for k in range(2)]))
+    targets = [v for v in visits if v.kind == "on_time" and v.poor_capture is None
+               and v.after is None and v.at_s < 0.6 * window_s]
+    rng.shuffle(targets)
+    for target in targets[: _count(MIX["photo_attack"], total)]:
+        applicant = applicants[target.applicant_id or ""]
+        visits.append(DoorVisit(
+            "photo_attack", target.gate, min(target.at_s + 0.08 * window_s, 0.8 * window_s),
+            f"photo of {applicant.person}", applicant.applicant_id,
+            [Attempt(applicant.person, applicant.enrollment_photos[0], "enrollment_photo",
+                     applicant.applicant_id)]))
+    visits.sort(key=lambda v: v.at_s)
+    return Plan(names, gates, applicants, visits, no_shows, victims,
+                sorted(set(victims.values()) | set(strangers)))
+
+
+# ---- frames -----------------------------------------------------------------------------------
+
+
+def hallway_image(seed: int = 0) -> np.ndarray:
+    """An empty corridor for the idle camera: a soft gradient with sensor noise, no face."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(70, 140, 240, dtype=np.float32)[:, None]
+    grey = np.repeat(rows, 320, axis=1) + rng.normal(0, 4, (240, 320))
+    return cv2.cvtColor(np.clip(grey, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+
+def captured_as(image: np.ndarray, capture: str, cut_x: int = 0, seed: int = 0) -> np.ndarray:
+    """The photo as the gate camera captured it: too dark, blurred (moving), cut off at the
+    frame edge, or re-captured (a second look: slightly moved, scaled and re-lit)."""
+    if capture == "dark":
+        return np.clip(image.astype(np.float32) * 0.25, 0, 255).astype(np.uint8)
+    if capture == "blurred":
+        return cv2.GaussianBlur(image, (0, 0), 4.0)
+    if capture == "cut" and cut_x > 0:
+        return np.ascontiguousarray(image[:, cut_x:])
+    if capture == "recapture":
+        rng = np.random.default_rng(seed)
+        h, w = image.shape[:2]
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-4, 4),
+                                         rng.uniform(0.95, 1.05))
+        matrix[:, 2] += rng.uniform(-0.03, 0.03, 2) * (w, h)
+        moved = cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
+        return np.clip(moved.astype(np.float32) * rng.uniform(0.85, 1.15), 0,
+                       255).astype(np.uint8)
+    return image
+
+
+def render_attempt(attempt: Attempt, rooms_of: dict[str, str], seed: int) -> np.ndarray:
+    """The camera frame for an attempt: the face as captured, with the card held beside it."""
+    from device.capture.replay import read_image
+    from device.card import present_with_card, render_card
+
+    image = read_image(attempt.photo)
+    if image is None:
+        raise ValueError(f"cannot read {attempt.photo}")
+    frame = captured_as(image, attempt.capture, attempt.cut_x, seed)
+    if attempt.card is None:
+        return frame
+    card = render_card(attempt.card, session=SESSION, room=rooms_of.get(attempt.card, "-"))
+    return present_with_card(frame, card)
+
+
+def cut_column(pipeline: Any, photo: Path) -> int | None:
+    """Where a frame edge must run to cut a face off (30 % into the face box), or None when the
+    photo shows no face to cut."""
+    from device.capture.replay import read_image
+
+    image = read_image(photo)
+    if image is None:
+        return None
+    reading = pipeline.read(image)
+    if reading.subject is None:
+        return None
+    x0, _, width, _ = reading.subject.box
+    return max(1, int(x0 + 0.3 * width))
+
+
+# ---- enrollment, cached -----------------------------------------------------------------------
+
+
+def _stamp(photos: list[Path]) -> list[list[Any]]:
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in photos]
+
+
+def enroll_cached(pipeline: Any, embedder_sha256: str, people: dict[str, list[Path]],
+                  cache_dir: Path, show_progress: bool = True,
+                  ) -> tuple[dict[str, np.ndarray], dict[str, list[tuple[str, str]]]]:
+    """Templates from each person's three enrollment photos, reusing earlier runs' work.
+
+    The cache (``cache_dir/templates.json``, mode 0600: templates are biometric data) is keyed
+    by the embedder's sha256 and each photo's path, size and mtime, so a changed photo or model
+    is enrolled again. Returns person → template and person → (photo, reason) for rejected
+    photos; people with no usable photo have no template.
+    """
+    from provisioning.enroll import template_from_photos
+
+    path = cache_dir / "templates.json"
+    cache: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("embedder_sha256") == embedder_sha256:
+                cache = data.get("people", {})
+        except (OSError, ValueError):
+            log.warning("enrollment cache %s unreadable; enrolling again", path)
+    templates: dict[str, np.ndarray] = {}
+    problems: dict[str, list[tuple[str, str]]] = {}
+    todo = []
+    for person, photos in people.items():
+        entry = cache.get(person)
+        if entry and entry.get("stamp") == _stamp(photos[:3]):
+            if entry.get("template"):
+                templates[person] = np.asarray(entry["template"], dtype=np.float32)
+            problems[person] = [tuple(p) for p in entry.get("problems", [])]
+        else:
+            todo.append(person)
+    log.info("enrollment: %d applicants cached, %d to enroll from 3 photos each",
+             len(people) - len(todo), len(todo))
+    items = progress(todo, label="enrolling") if show_progress and todo else todo
+    for person in items:
+        photos = people[person][:3]
+        template, rejected = template_from_photos(pipeline, photos)
+        problems[person] = rejected
+        cache[person] = {"stamp": _stamp(photos), "problems": rejected,
+                         "template": None if template is None else
+                         [round(float(x), 7) for x in template]}
+        if template is not None:
+            templates[person] = template
+    if todo:
+        write_atomic(path, json.dumps({"embedder_sha256": embedder_sha256,
+                                       "people": cache}).encode(), mode=0o600)
+    return templates, problems
+
+
+# ---- the simulated gates: camera feed, process, log --------------------------------------------
+
+DECISION_LINE = re.compile(
+    r"device\.checkin: seq=(?P<seq>\d+) (?P<outcome>accepted|refused|no_face)"
+    r"(?: applicant=(?P<applicant>\S+))?(?: card=(?P<card>\S+))?(?: reason=(?P<reason>\S+))?")
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Swap a small file's content in one rename, so a reader sees the old or the new whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class GateRig:
+    """One simulated gate: its folders, config, device-service process, camera feed and log.
+
+    ``up`` is set while the service runs and its camera reads the feed; the fault injector
+    clears it before killing the process, so a door waits (as an applicant would) until the gate
+    is back.
+    """
+
+    def __init__(self, device_id: str, room: str, gates_dir: Path, logs_dir: Path) -> None:
+        self.device_id = device_id
+        self.room = room
+        self.dir = gates_dir / device_id
+        self.camera = self.dir / "camera"
+        self.config = self.dir / "device.toml"
+        self.log_path = logs_dir / f"{device_id}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.alive = False
+        self.up = threading.Event()
+        #: Set from the moment the camera took an applicant's frame until the gate's decision
+        #: is read: a fault aimed "mid check-in" waits for it.
+        self.deciding = threading.Event()
+        self.cond = threading.Condition()
+        self.captured: dict[str, float] = {}
+        self.frames = 0
+        self.starts: list[float] = []
+        self.logged_seqs: set[int] = set()
+        self._offset = 0
+        self._partial = b""
+
+    @property
+    def outbox_path(self) -> Path:
+        """The gate's SQLite outbox (``data_dir/outbox.sqlite``)."""
+        return self.dir / "outbox.sqlite"
+
+    def prepare(self) -> None:
+        """The camera folder with the empty hallway on the feed."""
+        self.camera.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(self.camera / HALLWAY), hallway_image())
+        _replace_text(self.camera / FEED, HALLWAY + "\n")
+
+    def start(self, env: dict[str, str]) -> None:
+        """Start the device service (``python -m device.cli run``), logging to its own file."""
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "device.cli", "run", "--config", str(self.config)],
+                stdout=out, stderr=out, env=env)
+        self.alive = True
+        self.starts.append(time.monotonic())
+
+    def kill(self) -> int | None:
+        """``kill -9`` the service (no shutdown, no flush); returns its pid."""
+        self.alive = False
+        self.up.clear()
+        if self.process is None or self.process.poll() is not None:
+            return None
+        self.process.kill()
+        self.process.wait()
+        return self.process.pid
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM (the service closes its outbox and uplink), SIGKILL if it hangs."""
+        self.alive = False
+        self.up.clear()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", self.device_id, timeout)
+                self.process.kill()
+                self.process.wait()
+
+    def on_read(self, name: str) -> None:
+        """The camera thread of the service closed ``name`` after reading it (inotify)."""
+        if name == FEED:
+            if self.alive:
+                self.up.set()
+            return
+        if name != HALLWAY:
+            with self.cond:
+                self.captured[name] = time.monotonic()
+                self.cond.notify_all()
+
+    def point_feed(self, name: str) -> None:
+        """What the camera sees from its next frame on."""
+        _replace_text(self.camera / FEED, name + "\n")
+
+    def wait_captured(self, name: str, timeout: float, stop: threading.Event) -> float | None:
+        """When the camera took frame ``name``; None after ``timeout`` of the gate being up
+        without taking it (the time the gate is down does not count: the applicant waits)."""
+        waited, last = 0.0, time.monotonic()
+        with self.cond:
+            while name not in self.captured:
+                if stop.is_set() or waited > timeout:
+                    return None
+                self.cond.wait(0.1)
+                now = time.monotonic()
+                if self.up.is_set():
+                    waited += now - last
+                last = now
+            return self.captured[name]
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """Decisions the gate logged since the last call (what its screen showed)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except OSError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        found = []
+        for line in lines:
+            match = DECISION_LINE.search(line.decode(errors="replace"))
+            if match:
+                found.append(match.groupdict())
+                self.logged_seqs.add(int(match["seq"]))
+        return found
+
+    def read_outbox(self) -> dict[str, int] | None:
+        """The outbox's counters (appended = next seq, acked) and depth, read-only."""
+        if not self.outbox_path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{self.outbox_path}?mode=ro", uri=True, timeout=2)
+            try:
+                counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+                (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return None
+        return {"appended": int(counters.get("next_seq", 0)),
+                "acked": int(counters.get("acked", 0)), "depth": int(depth)}
+
+
+class CameraWatch:
+    """inotify on every gate's camera folder: tells each rig which file its camera just read.
+
+    Linux only (like the gates). Reading a frame file is the moment the camera 'takes' it; the
+    rehearsal then points the feed back at the hallway before the camera's next frame.
+    """
+
+    IN_CLOSE_NOWRITE = 0x10
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._rigs: dict[int, GateRig] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="camera-watch", daemon=True)
+
+    def watch(self, rig: GateRig) -> None:
+        """Follow ``rig``'s camera folder."""
+        wd = self._libc.inotify_add_watch(self.fd, str(rig.camera).encode(),
+                                          self.IN_CLOSE_NOWRITE)
+        if wd < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {rig.camera} failed")
+        self._rigs[wd] = rig
+
+    def start(self) -> None:
+        """Start dispatching."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            offset = 0
+            while offset + 16 <= len(data):
+                wd, _mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                raw = data[offset + 16:offset + 16 + length]
+                offset += 16 + length
+                rig = self._rigs.get(wd)
+                name = raw.split(b"\0", 1)[0].decode(errors="replace")
+                if rig is not None and name:
+                    rig.on_read(name)
+
+    def close(self) -> None:
+        """Stop and release the inotify descriptor."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        os.close(self.fd)
+
+
+class CuttableLink:
+    """A TCP relay between one gate and the broker whose line can be cut, as a cable pulled.
+
+    While cut, nothing moves in either direction (bytes already sent wait, as TCP would
+    retransmit them once the line is back) and new connections are refused (the listener is
+    closed); both ends notice through their MQTT keep-alive. TLS-agnostic: it relays bytes.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.connections = 0
+        self.held_chunks = 0
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="link-accept", daemon=True)
+
+    def start(self) -> CuttableLink:
+        """Listen on :attr:`port` and relay to the broker."""
+        self._listen()
+        self._thread.start()
+        return self
+
+    def _listen(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.3)
+        self._listener = listener
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            listener = self._listener
+            if listener is None:
+                time.sleep(0.1)
+                continue
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()  # the broker is down: refused, as it would be directly
+                continue
+            upstream.settimeout(None)
+            client.settimeout(None)
+            self.connections += 1
+            with self._lock:
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), name="link-pump",
+                                 daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not self._flowing.is_set():
+                    self.held_chunks += 1
+                    self._flowing.wait()
+                if not data or self._stop.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+                with self._lock:
+                    self._sockets.discard(sock)
+
+    def cut(self) -> None:
+        """Pull the cable."""
+        self._flowing.clear()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    def restore(self) -> None:
+        """Plug it back in."""
+        self._listen()
+        self._flowing.set()
+
+    def close(self) -> None:
+        """Stop relaying and close every connection."""
+        self._stop.set()
+        self._flowing.set()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            for sock in list(self._sockets):
+                sock.close()
+
+
+class GatewayRunner:
+    """The gateway process (``python -m gateway.cli run --config gateway.toml``)."""
+
+    def __init__(self, config: Path, log_path: Path, base_url: str) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.base_url = base_url
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str], timeout: float = 90.0) -> None:
+        """Start it and wait until its HTTP side answers."""
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
+                stdout=out, stderr=out, env=env)
+        _wait_http(f"{self.base_url}/healthz", timeout)
+
+    def kill(self) -> int | None:
+        """``kill -9``; returns the pid."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        self.process.kill()
+        self.process.wait()
+        return self.process.pid
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it hangs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _api(base_url: str, method: str, path: str, token: str | None = None,
+         body: Any = None, timeout: float = 15.0) -> Any:
+    """One JSON API call to the gateway; raises urllib errors (HTTPError carries the status)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base_url}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def _login(base_url: str, username: str, password: str) -> str:
+    return _api(base_url, "POST", "/api/login", body={"username": username,
+                                                     "password": password})["token"]
+
+
+# ---- the morning: doors, proctors, faults, measurements ----------------------------------------
+
+
+@dataclass
+class Fault:
+    """One injected fault and what became of it."""
+
+    kind: str  # gate_kill | broker_restart | network_cut | gateway_kill | gate_power_cut
+    at_s: float  # planned, seconds after doors open
+    target: str
+    duration_s: float  # time down / cut
+    title: str
+    started_s: float | None = None
+    ended_s: float | None = None  # when the component was started again / the line restored
+    recovered_s: float | None = None  # when it worked again (camera reading, drained, ...)
+    detail: str = ""
+    survived: bool | None = None
+
+
+class Morning:
+    """What the doors, the fault injector and the sampler share while the doors are open."""
+
+    def __init__(self, rigs: dict[str, GateRig], base_url: str, proctor_token: str,
+                 rooms_of: dict[str, str], window_s: float, camera_fps: float, seed: int,
+                 ) -> None:
+        self.rigs = rigs
+        self.base_url = base_url
+        self.proctor_token = proctor_token
+        self.rooms_of = rooms_of
+        self.window_s = window_s
+        self.period = 1.0 / camera_fps
+        self.seed = seed
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+        self.lock = threading.Lock()
+        self.admitted = 0
+        self.proctor_admits = 0
+        self.refusals_seen = 0
+        self.at_doors = 0
+
+    def rel(self, monotonic: float | None = None) -> float:
+        """Seconds since doors opened."""
+        return (time.monotonic() if monotonic is None else monotonic) - self.t0
+
+    def wait_until(self, at_s: float) -> bool:
+        """Sleep until ``at_s`` after doors open; False when the rehearsal is stopping."""
+        return not self.stop.wait(max(0.0, self.t0 + at_s - time.monotonic()))
+
+
+def show_attempt(morning: Morning, rig: GateRig, attempt: Attempt) -> Attempt:
+    """Stand in front of the gate with one frame and read the outcome off it."""
+    while not rig.up.wait(0.5):  # the gate is down: the applicant waits at the door
+        if morning.stop.is_set():
+            attempt.note = "rehearsal stopped"
+            return attempt
+    rig.frames += 1
+    name = f"{rig.device_id}-{rig.frames:05d}.jpg"
+    frame = render_attempt(attempt, morning.rooms_of, morning.seed + rig.frames)
+    ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok
+    tmp = rig.camera / f".{name}.tmp"
+    tmp.write_bytes(jpeg.tobytes())
+    os.replace(tmp, rig.camera / name)
+    rig.decisions()  # whatever the gate said before this frame is not about it
+    attempt.frame_ref = name
+    rig.point_feed(name)
+    taken = rig.wait_captured(name, timeout=4 * morning.period + 5.0, stop=morning.stop)
+    rig.point_feed(HALLWAY)
+    if taken is None:
+        attempt.note = "the camera never took the frame"
+        return attempt
+    attempt.shown_at = morning.rel(taken)
+    rig.deciding.set()
+    try:
+        _read_decision(morning, rig, attempt)
+    finally:
+        rig.deciding.clear()
+    return attempt
+
+
+def _read_decision(morning: Morning, rig: GateRig, attempt: Attempt) -> None:
+    """Wait for the gate's decision about the frame just taken (its log line)."""
+    deadline = time.monotonic() + morning.period + DECISION_WAIT_S
+    while time.monotonic() < deadline and not morning.stop.is_set():
+        for decision in rig.decisions():
+            if attempt.card and decision["card"] and decision["card"] != attempt.card:
+                continue  # a late decision about an earlier frame
+            attempt.outcome = decision["outcome"]
+            attempt.reason = decision["reason"]
+            attempt.applicant_id = decision["applicant"]
+            attempt.seq = int(decision["seq"])
+            with morning.lock:
+                morning.refusals_seen += attempt.outcome == "refused"
+            return
+        if not rig.alive:
+            attempt.note = GATE_WENT_DOWN
+            return
+        time.sleep(0.05)
+    attempt.note = "no decision: no face found, or the frame was skipped"
+
+
+def proctor_admit(morning: Morning, visit: DoorVisit, refusals: int) -> float | None:
+    """The proctor checks the KTP and admits by hand through the gateway's API (waiting for the
+    gateway if it is down); returns when, in seconds after doors open."""
+    reason = (f"identity checked against KTP by the proctor after {refusals} failed tries at gate "
+              f"{visit.gate}")
+    path = f"/api/sessions/{SESSION}/applicants/{visit.applicant_id}/actions"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not morning.stop.is_set():
+        try:
+            _api(morning.base_url, "POST", path, morning.proctor_token,
+                 {"action": "manual_admit", "reason": reason})
+            return morning.rel()
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                log.error("proctor could not admit %s: HTTP %d %s", visit.applicant_id,
+                          exc.code, exc.read()[:200])
+                return None
+        except OSError:
+            pass  # the gateway is restarting: the proctor tries again
+        time.sleep(1.0)
+    log.error("proctor could not reach the gateway to admit %s", visit.applicant_id)
+    return None
+
+
+def perform_visit(morning: Morning, visit: DoorVisit) -> None:
+    """Play one arrival out at its gate."""
+    if visit.after is not None:
+        visit.after.wait(timeout=morning.window_s)
+    rig = morning.rigs[visit.gate]
+    visit.started_at = morning.rel()
+    with morning.lock:
+        morning.at_doors += 1
+    try:
+        refusals = 0
+        for planned in visit.attempts:
+            attempt = show_attempt(morning, rig, replace(planned))
+            visit.shown.append(attempt)
+            for _ in range(3):  # the gate died under them: same frame again once it is back
+                if attempt.note != GATE_WENT_DOWN or morning.stop.is_set():
+                    break
+                attempt = show_attempt(morning, rig, replace(planned))
+                visit.shown.append(attempt)
+            if morning.stop.is_set():
+                return
+            if attempt.outcome == "accepted":
+                visit.admitted_at, visit.admitted_by = morning.rel(), "gate"
+                break
+            if attempt.capture not in POOR_CAPTURES:
+                refusals += 1
+        if visit.genuine and visit.admitted_at is None:
+            when = proctor_admit(morning, visit, refusals)
+            if when is not None:
+                visit.admitted_at, visit.admitted_by = when, "proctor"
+                with morning.lock:
+                    morning.proctor_admits += 1
+        if visit.genuine and visit.admitted_at is not None:
+            with morning.lock:
+                morning.admitted += 1
+    finally:
+        visit.finished_at = morning.rel()
+        with morning.lock:
+            morning.at_doors -= 1
+
+
+def run_door(morning: Morning, visits: list[DoorVisit]) -> None:
+    """One gate's arrivals in order (a queue forms when the gate is slow or down)."""
+    for visit in visits:
+        if not morning.wait_until(visit.at_s):
+            break
+        try:
+            perform_visit(morning, visit)
+        except Exception:  # one broken visit must not close the door for everyone after
+            log.exception("visit of %s at %s failed", visit.person, visit.gate)
+        finally:
+            visit.done.set()
+    for visit in visits:
+        visit.done.set()
+
+
+def plan_faults(plan: Plan, window_s: float) -> list[Fault]:
+    """The fault schedule: five faults spread over the doors-open window, none overlapping,
+    each aimed at the gate that expects the most arrivals around it."""
+    compression = REAL_WINDOW_S / window_s
+    cut_s = REAL_CUT_S / compression
+    boot_s = max(RESTART_SEC + 1.0, REAL_BOOT_S / compression)
+    load: dict[str, list[float]] = defaultdict(list)
+    for visit in plan.visits:
+        load[visit.gate].append(visit.at_s)
+    used: list[str] = []
+
+    def busiest(start: float, end: float) -> str:
+        ranked = sorted(load, key=lambda g: (-sum(start <= t <= end for t in load[g]),
+                                             g in used, g))
+        pick = next((g for g in ranked if g not in used), ranked[0])
+        used.append(pick)
+        return pick
+
+    cut_at = 0.32 * window_s
+    return [
+        Fault("gate_kill", 0.10 * window_s, busiest(0.10 * window_s, 0.2 * window_s),
+              RESTART_SEC, "gate process killed (kill -9), restarted as systemd does"),
+        Fault("broker_restart", 0.22 * window_s, "mosquitto", 1.0,
+              "broker restarted (systemctl restart mosquitto)"),
+        Fault("network_cut", cut_at, busiest(cut_at, cut_at + cut_s), cut_s,
+              f"gate network cut for {cut_s:.0f} s (the 5 minutes, compressed "
+              f"{compression:.1f}×)"),
+        Fault("gateway_kill", 0.55 * window_s, "gateway", RESTART_SEC,
+              "gateway killed (kill -9), restarted as systemd does"),
+        Fault("gate_power_cut", 0.68 * window_s, busiest(0.68 * window_s, 0.8 * window_s),
+              boot_s, f"gate power cut (kill -9, off {boot_s:.0f} s: a Pi's boot, compressed)"),
+    ]
+
+
+def run_faults(morning: Morning, faults: list[Fault], broker: MosquittoBroker,
+               gateway: GatewayRunner, link: CuttableLink | None, env: dict[str, str],
+               samples: list[dict[str, Any]]) -> None:
+    """Inject each fault at its time and record how the centre came back."""
+    for fault in faults:
+        if not morning.wait_until(fault.at_s):
+            return
+        fault.started_s = morning.rel()
+        log.warning("FAULT at T+%.0fs: %s (%s)", fault.started_s, fault.title, fault.target)
+        try:
+            _inject(morning, fault, broker, gateway, link, env, samples)
+        except Exception as exc:
+            log.exception("fault %s could not be injected or recovered", fault.kind)
+            fault.detail += f" injection failed: {exc}"
+            fault.survived = False
+        if fault.recovered_s is not None and fault.survived is None:
+            fault.survived = True
+        log.warning("fault %s: %s", fault.kind, fault.detail)
+
+
+def _wait_for(predicate: Any, timeout: float, stop: threading.Event) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return bool(predicate())
+
+
+def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: GatewayRunner,
+            link: CuttableLink | None, env: dict[str, str],
+            samples: list[dict[str, Any]]) -> None:
+    if fault.kind in ("gate_kill", "gate_power_cut"):
+        rig = morning.rigs[fault.target]
+        # Aim at the worst moment: an applicant's frame taken, the decision not yet read.
+        busy = rig.deciding.wait(min(30.0, 0.1 * morning.window_s))
+        fault.started_s = morning.rel()
+        before = rig.read_outbox() or {}
+        pid = rig.kill()
+        morning.stop.wait(fault.duration_s)
+        rig.start(env)
+        fault.ended_s = morning.rel()
+        if rig.up.wait(180):
+            fault.recovered_s = morning.rel()
+        after = rig.read_outbox() or {}
+        fault.detail = (("killed while an applicant's frame was being judged"
+                         if busy else "killed while nobody was at the door") +
+                        f"; pid {pid} killed with SIGKILL; started again after "
+                        f"{fault.ended_s - (fault.started_s or 0):.1f} s; camera running "
+                        f"{(fault.recovered_s or fault.ended_s) - fault.ended_s:.1f} s later; "
+                        f"its outbox's next seq was {before.get('appended', '?')} before and "
+                        f"{after.get('appended', '?')} after")
+    elif fault.kind == "broker_restart":
+        broker.stop()
+        morning.stop.wait(fault.duration_s)
+        broker.start()
+        fault.ended_s = fault.recovered_s = morning.rel()
+        fault.detail = (f"SIGTERM (state saved), down {fault.ended_s - (fault.started_s or 0):.1f}"
+                        f" s, started again on port {broker.port} with the same data")
+    elif fault.kind == "gateway_kill":
+        pid = gateway.kill()
+        morning.stop.wait(fault.duration_s)
+        gateway.start(env)
+        fault.ended_s = fault.recovered_s = morning.rel()
+        fault.detail = (f"pid {pid} killed with SIGKILL; started again and serving after "
+                        f"{fault.ended_s - (fault.started_s or 0):.1f} s")
+    elif fault.kind == "network_cut":
+        assert link is not None
+        rig = morning.rigs[fault.target]
+        link.cut()
+        morning.stop.wait(fault.duration_s)
+        link.restore()
+        fault.ended_s = morning.rel()
+        drained = _wait_for(lambda: (rig.read_outbox() or {}).get("depth", 1) == 0, 180,
+                            morning.stop)
+        if drained:
+            fault.recovered_s = morning.rel()
+        until = fault.recovered_s if fault.recovered_s is not None else morning.rel()
+        peak = max((s["outbox"].get(rig.device_id, 0) for s in list(samples)
+                    if (fault.started_s or 0) <= s["t"] <= until), default=0)
+        fault.detail = (f"relay stopped for {fault.ended_s - (fault.started_s or 0):.1f} s; "
+                        f"up to {peak} check-ins waited in the gate's outbox (during the cut "
+                        "and the reconnection); "
+                        + (f"all delivered {fault.recovered_s - fault.ended_s:.1f} s after the "
+                           "line came back (the gate retries its connection with a back-off of "
+                           "up to 30 s)" if drained else "NOT delivered within 180 s"))
+
+
+def _proc_usage(pid: int) -> tuple[float, float] | None:
+    """(CPU seconds used, resident MB) of a process: psutil when installed, else /proc."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    try:
+        if psutil is not None:
+            proc = psutil.Process(pid)
+            times = proc.cpu_times()
+            return times.user + times.system, proc.memory_info().rss / 2**20
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        rss_kb = next(int(line.split()[1]) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("VmRSS:"))
+        return cpu, rss_kb / 1024
+    except Exception:  # the process just ended (killed by a fault): no sample this round
+        return None
+
+
+def sample_loop(morning: Morning, processes: Any, samples: list[dict[str, Any]],
+                every_s: float = 2.0, status_every_s: float = 20.0, total_s: float = 0.0,
+                ) -> None:
+    """Every ``every_s``: CPU and memory of each process, outbox depth of each gate, load;
+    a status line for the console every ``status_every_s``."""
+    last: dict[int, tuple[float, float]] = {}
+    next_status = time.monotonic() + status_every_s
+    while not morning.stop.wait(every_s):
+        now = time.monotonic()
+        usage: dict[str, dict[str, float]] = {}
+        for label, pid in processes():
+            got = _proc_usage(pid)
+            if got is None:
+                continue
+            cpu_s, rss = got
+            prev = last.get(pid)
+            last[pid] = (cpu_s, now)
+            percent = 100 * (cpu_s - prev[0]) / (now - prev[1]) if prev else 0.0
+            usage[label] = {"cpu": round(percent, 1), "rss_mb": round(rss, 1),
+                            "cpu_s": round(cpu_s, 2), "pid": pid}
+        outbox = {gate: (rig.read_outbox() or {}).get("depth", 0)
+                  for gate, rig in morning.rigs.items()}
+        sample = {"t": round(morning.rel(now), 1), "load": os.getloadavg()[0],
+                  "usage": usage, "outbox": outbox,
+                  "rss_total_mb": round(sum(u["rss_mb"] for u in usage.values()), 1),
+                  "cpu_total": round(sum(u["cpu"] for u in usage.values()), 1),
+                  "admitted": morning.admitted}
+        samples.append(sample)
+        if now >= next_status:
+            next_status = now + status_every_s
+            log.info("T+%.0fs/%.0fs: %d admitted (%d by a proctor), %d refusals seen, %d at "
+                     "the doors, %d check-ins in outboxes; load %.1f, RAM %.1f GB, CPU %.0f%%",
+                     sample["t"], total_s, morning.admitted, morning.proctor_admits,
+                     morning.refusals_seen, morning.at_doors, sum(outbox.values()),
+                     sample["load"], sample["rss_total_mb"] / 1024, sample["cpu_total"])
+
+
+# ---- running it -------------------------------------------------------------------------------
+
+
+def _write_gateway_config(path: Path, db: str, http_port: int, broker_port: int) -> None:
+    """The gateway's TOML: its database, HTTP port and broker (TLS files go in [broker])."""
+    from gerbang.demo import _toml_value
+
+    sections = {"gateway": {"db": db, "http_host": "127.0.0.1", "http_port": http_port,
+                            "centre": CENTRE, "client_id": "gerbang-gateway",
+                            "retention_days": 0},
+                "broker": {"host": "127.0.0.1", "port": broker_port, "protocol": 5}}
+    lines = ["# written by gerbang-demo --scenario exam-day"]
+    for name, values in sections.items():
+        lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _create_pg_database(admin_url: str) -> str:
+    """A fresh PostgreSQL database for this rehearsal; returns its URL."""
+    import secrets
+
+    import psycopg
+
+    name = f"gerbang_rehearsal_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_pg_database(admin_url: str, url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def delivery_check(rigs: dict[str, GateRig], events: list[dict[str, Any]],
+                   alarms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per gate: what its outbox appended and acknowledged against what the gateway stored.
+
+    ``seq`` is gapless per gate and shared by events and alarms, so every seq below the
+    outbox's next seq must be stored exactly once: a missing one is lost, a second row with
+    the same seq (another event id) is a duplicate.
+    """
+    stored: dict[str, Counter[int]] = defaultdict(Counter)
+    for row in [*events, *alarms]:
+        stored[row["device_id"]][int(row["seq"])] += 1
+    rows = []
+    for gate, rig in sorted(rigs.items()):
+        outbox = rig.read_outbox() or {"appended": 0, "acked": 0, "depth": 0}
+        seqs = stored.get(gate, Counter())
+        lost = [s for s in range(outbox["appended"]) if s not in seqs]
+        rows.append({"gate": gate, "appended": outbox["appended"], "acked": outbox["acked"],
+                     "depth": outbox["depth"], "stored": sum(seqs.values()),
+                     "lost": len(lost), "lost_seqs": lost[:20],
+                     "duplicated": sum(n - 1 for n in seqs.values() if n > 1),
+                     "unknown": sum(1 for s in seqs if s >= outbox["appended"]),
+                     "logged": len(rig.logged_seqs),
+                     "logged_not_stored": len(rig.logged_seqs - set(seqs)),
+                     "starts": len(rig.starts)})
+    return rows
+
+
+def _stored(store: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return store.events(), store.alarms(limit=1_000_000)
+
+
+def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
+    """Rehearse an exam morning end to end; returns the summary (also in ``summary.json``)."""
+    from device.infer.bundle import load_bundle
+    from device.infer.match import MIN_COHORT
+    from device.infer.pipeline import FacePipeline
+    from device.roster import Roster, RosterEntry, save_roster
+    from gateway.auth import add_user
+    from gateway.store import open_store
+    from gerbang.demo import default_faces_dir
+    from provisioning.enroll import face_folders
+
+    began = time.monotonic()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gerbang-rehearsal-")).resolve()
+    run_dir = workdir / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a new morning; the enrollment cache beside it is kept
+    logs_dir = run_dir / "logs"
+    logs_dir.mkdir(parents=True)
+    handler = logging.FileHandler(workdir / "rehearsal.log", mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    window_s = float(args.window_s or DEFAULT_WINDOW_S)
+    late_s = window_s * LATE_FRACTION
+    camera_fps = float(args.camera_fps or DEFAULT_CAMERA_FPS)
+    faces = args.faces or default_faces_dir()
+    if faces is None or not Path(faces).is_dir():
+        raise SystemExit("exam-day rehearsal: no face folder; pass --faces DIR (<person>/<image>,"
+                         " people with 4+ photos become applicants) or set GERBANG_DATA")
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        raise SystemExit("exam-day rehearsal needs Mosquitto (apt-get install mosquitto): its "
+                         "broker is restarted as one of the faults")
+    log.info("exam-day rehearsal: %d rooms × %d gates, doors open %.0f s (= %.0f min, %.1f× "
+             "compressed), late arrivals %.0f s, faults %s, %s; work dir %s", args.rooms,
+             args.gates_per_room, window_s, REAL_WINDOW_S / 60, REAL_WINDOW_S / window_s,
+             late_s, "off" if args.no_faults else "on", args.backend, workdir)
+
+    # --- applicants, enrollment, plan
+    people = face_folders(Path(faces), min_images=2)
+    chosen, outsiders = choose_people(people, args.applicants, args.seed)
+    bundle = load_bundle()
+    embedder = bundle.hashes()["embedder"]
+    pipeline = FacePipeline.from_bundle(bundle, threads=2)
+    templates, problems = enroll_cached(pipeline, embedder, chosen, workdir / "enrollment")
+    not_enrolled = sorted(p for p in chosen if p not in templates)
+    for person in not_enrolled:
+        log.warning("enrollment: %s has no usable photo (%s); left off the rosters", person,
+                    "; ".join(f"{Path(ph).name}: {why}" for ph, why in problems.get(person, [])))
+    applicants = {applicant_id_for(p): Applicant(applicant_id_for(p), p, chosen[p])
+                  for p in chosen if p in templates}
+    plan = make_plan(applicants, outsiders, args.rooms, args.gates_per_room, window_s, args.seed,
+                     cut_at=lambda photo: cut_column(pipeline, photo))
+    pipeline = None  # the models' memory goes back before the gates load theirs
+    faults = [] if args.no_faults else plan_faults(plan, window_s)
+    rooms_of = {aid: a.room for aid, a in applicants.items()}
+
+    rosters_dir = run_dir / "rosters"
+    roster_paths = []
+    for room in plan.rooms:
+        entries = tuple(RosterEntry(aid, f"Peserta {aid}", templates[a.person])
+                        for aid, a in sorted(applicants.items()) if a.room == room)
+        path = rosters_dir / f"{room}.json"
+        save_roster(Roster(SESSION, room, 1, entries, embedder_sha256=embedder), path)
+        roster_paths.append(path)
+    cohort = len(applicants) >= MIN_COHORT
+    if cohort:  # the technician's own command: session-wide T-norm cohort in every room
+        subprocess.run([sys.executable, "-m", "provisioning.cli", "cohort",
+                        *map(str, roster_paths)], check=True, capture_output=True)
+    log.info("%d applicants enrolled in %d rooms (%s), %d people on no roster; %d "
+             "arrivals planned", len(applicants), len(plan.rooms),
+             "T-norm scores with the session cohort" if cohort else "plain cosine scores",
+             len(plan.outsiders), len(plan.visits))
+
+    # --- the centre: broker, gateway, gates
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    broker = MosquittoBroker(run_dir / "broker").start()
+    cut_gate = next((f.target for f in faults if f.kind == "network_cut"), None)
+    link = CuttableLink(broker.port).start() if cut_gate else None
+    pg_admin = None
+    if args.backend == "postgresql":
+        pg_admin = args.postgres
+        db = _create_pg_database(pg_admin)
+    else:
+        db = str(run_dir / "gateway" / "gateway.sqlite")
+        Path(db).parent.mkdir(parents=True)
+    wib = timezone(timedelta(hours=7))
+    provisional = datetime.now(wib).replace(microsecond=0) + timedelta(hours=1)
+    _, manager_password = _prepare_gateway(
+        db, {room: sorted(aid for aid, a in applicants.items() if a.room == room)
+             for room in plan.rooms}, session=SESSION, centre=CENTRE,
+        name="Exam-day rehearsal", doors_open=provisional,
+        starts_at=provisional + timedelta(seconds=window_s),
+        doors_close=provisional + timedelta(seconds=window_s + late_s))
+    proctor_password = os.urandom(9).hex()
+    add_user(open_store(db), "proctor1", proctor_password, "proctor")
+    http_port = free_port()
+    base_url = f"http://127.0.0.1:{http_port}"
+    gateway_config = run_dir / "gateway" / "gateway.toml"
+    gateway_config.parent.mkdir(exist_ok=True)
+    _write_gateway_config(gateway_config, db, http_port, broker.port)
+    gateway = GatewayRunner(gateway_config, logs_dir / "gateway.log", base_url)
+    rigs: dict[str, GateRig] = {}
+    for room in plan.rooms:
+        for device_id in plan.gates[room]:
+            rig = GateRig(device_id, room, run_dir / "gates", logs_dir)
+            rig.prepare()
+            (rig.dir / "roster.json").write_bytes((rosters_dir / f"{room}.json").read_bytes())
+            (rig.dir / "roster.json").chmod(0o600)
+            port = link.port if (link and device_id == cut_gate) else broker.port
+            _write_device_config(rig.config, room, rig.dir, port, 5, camera_fps,
+                                 device_id=device_id, centre=CENTRE, session=SESSION,
+                                 capture={"path": rig.camera / FEED, "loop": True,
+                                          "realtime": True},
+                                 broker={"keepalive_s": GATE_KEEPALIVE_S})
+            rigs[device_id] = rig
+    watch = CameraWatch()
+    for rig in rigs.values():
+        watch.watch(rig)
+    watch.start()
+    samples: list[dict[str, Any]] = []
+    morning: Morning | None = None
+    threads: list[threading.Thread] = []
+    timings: dict[str, float] = {}
+    try:
+        gateway.start(env)
+        for rig in rigs.values():
+            rig.start(env)
+        waiting = list(rigs.values())
+        for rig in progress(waiting, label="gates starting"):
+            if not rig.up.wait(max(60.0, 4.0 * len(rigs))):
+                tail = rig.log_path.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"gate {rig.device_id} did not start; its log ends:\n{tail}")
+        manager_token = _login(base_url, "manager", manager_password)
+        proctor_token = _login(base_url, "proctor1", proctor_password)
+        timings["setup_s"] = time.monotonic() - began
+        log.info("centre up in %.0f s: %d gates, gateway at %s (manager / %s), broker on port "
+                 "%d%s", timings["setup_s"], len(rigs), base_url, manager_password, broker.port,
+                 f", {cut_gate} through a cuttable link on port {link.port}" if link else "")
+
+        # --- doors open
+        morning = Morning(rigs, base_url, proctor_token, rooms_of, window_s, camera_fps,
+                          args.seed)
+        wall0 = datetime.now(wib)
+        morning.t0 = time.monotonic()
+        _api(base_url, "PUT", f"/api/sessions/{SESSION}", manager_token, {
+            "centre": CENTRE, "name": "Exam-day rehearsal",
+            "doors_open": wall0.isoformat(timespec="milliseconds"),
+            "starts_at": (wall0 + timedelta(seconds=window_s)).isoformat(timespec="milliseconds"),
+            "doors_close": (wall0 + timedelta(seconds=window_s + late_s)).isoformat(
+                timespec="milliseconds")})
+        log.info("doors open at %s (%s WIB); the exam starts at T+%.0fs, doors close at "
+                 "T+%.0fs", wall0.astimezone().strftime("%H:%M:%S"), wall0.strftime("%H:%M:%S"),
+                 window_s, window_s + late_s)
+
+        def processes() -> list[tuple[str, int]]:
+            found = [(gate, rig.process.pid) for gate, rig in rigs.items()
+                     if rig.process is not None and rig.process.poll() is None]
+            if gateway.process is not None and gateway.process.poll() is None:
+                found.append(("gateway", gateway.process.pid))
+            if broker.process is not None and broker.process.poll() is None:
+                found.append(("mosquitto", broker.process.pid))
+            found.append(("rehearsal", os.getpid()))
+            return found
+
+        threads.append(threading.Thread(
+            target=sample_loop, args=(morning, processes, samples),
+            kwargs={"total_s": window_s + late_s}, name="sampler", daemon=True))
+        if faults:
+            threads.append(threading.Thread(
+                target=run_faults, args=(morning, faults, broker, gateway, link, env, samples),
+                name="faults", daemon=True))
+        by_gate: dict[str, list[DoorVisit]] = defaultdict(list)
+        for visit in plan.visits:
+            by_gate[visit.gate].append(visit)
+        doors = [threading.Thread(target=run_door, args=(morning, visits), name=f"door-{gate}",
+                                  daemon=True) for gate, visits in sorted(by_gate.items())]
+        for thread in threads + doors:
+            thread.start()
+
+        # --- doors close, everything delivered
+        morning.wait_until(window_s + late_s)
+        log.info("doors closed at T+%.0fs; waiting for the last applicants and faults",
+                 morning.rel())
+        for thread in doors + threads[1:]:
+            thread.join(timeout=max(5.0, morning.t0 + window_s + late_s + 240 - time.monotonic()))
+        unfinished = [v for v in plan.visits if not v.done.is_set()]
+        if unfinished:
+            log.error("%d arrivals did not finish: %s", len(unfinished),
+                      ", ".join(f"{v.person}@{v.gate}" for v in unfinished[:10]))
+        store = open_store(db)
+        settle_started = time.monotonic()
+
+        def settled() -> bool:
+            events, alarms = _stored(store)
+            return all(r["depth"] == 0 and r["lost"] == 0
+                       for r in delivery_check(rigs, events, alarms))
+
+        if not _wait_for(settled, 180, threading.Event()):
+            log.error("not every check-in reached the gateway within 180 s of doors closing")
+        timings["settle_s"] = time.monotonic() - settle_started
+        timings["morning_s"] = morning.rel()
+        attendance = _api(base_url, "GET", f"/api/sessions/{SESSION}/attendance", manager_token)
+        for rig in rigs.values():
+            rig.decisions()  # the last log lines, for the logged-vs-stored count
+        events, alarms = _stored(store)
+        delivery = delivery_check(rigs, events, alarms)
+    finally:
+        if morning is not None:
+            morning.stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        for rig in rigs.values():
+            if rig.process is not None and rig.process.poll() is None:
+                rig.process.terminate()
+        for rig in rigs.values():
+            rig.stop()
+        gateway.stop()
+        if link is not None:
+            link.close()
+        broker.stop()
+        watch.close()
+        if pg_admin:
+            try:
+                _drop_pg_database(pg_admin, db)
+            except Exception:
+                log.exception("could not drop the rehearsal database %s", db)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    timings["wall_s"] = time.monotonic() - began
+    result = analyse(plan, faults, samples, events, delivery, attendance, window_s, late_s,
+                     {"rooms": args.rooms, "gates_per_room": args.gates_per_room,
+                      "applicants": len(applicants), "not_enrolled": len(not_enrolled),
+                      "outsiders": len(plan.outsiders), "backend": args.backend,
+                      "cohort": cohort, "camera_fps": camera_fps, "faults": not args.no_faults,
+                      "faces": str(faces), "seed": args.seed, "broker_errors":
+                      broker.log_errors()}, timings)
+    result["report"] = str(write_report(result, workdir))
+    result["workdir"] = str(workdir)
+    write_atomic(workdir / "summary.json", json.dumps(result, indent=2, default=str).encode())
+    return result
+
+
+# ---- what happened ----------------------------------------------------------------------------
+
+
+def _percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    arr = np.asarray(values, dtype=float)
+    return {"n": len(values), "p50": round(float(np.percentile(arr, 50)), 1),
+            "p95": round(float(np.percentile(arr, 95)), 1), "max": round(float(arr.max()), 1)}
+
+
+def truth_status(plan: Plan, window_s: float) -> dict[str, str]:
+    """What attendance should say for each roster applicant, from what happened at the doors:
+    present (in by the start), late (in after it), absent (never came, or their proxy was
+    turned away)."""
+    status = dict.fromkeys(plan.applicants, "absent")
+    for visit in plan.visits:
+        if visit.genuine and visit.admitted_at is not None and visit.applicant_id:
+            status[visit.applicant_id] = "present" if visit.admitted_at <= window_s else "late"
+    return status
+
+
+def analyse(plan: Plan, faults: list[Fault], samples: list[dict[str, Any]],
+            events: list[dict[str, Any]], delivery: list[dict[str, Any]],
+            attendance: dict[str, Any], window_s: float, late_s: float,
+            setup: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """Compare the gateway with the ground truth and gather every figure of the report."""
+    truth = truth_status(plan, window_s)
+    gateway = {a["applicant_id"]: a for a in attendance["applicants"]}
+    mismatches = []
+    for aid, expected in sorted(truth.items()):
+        got = gateway.get(aid, {}).get("status", "missing")
+        if got != expected:
+            mismatches.append({"applicant_id": aid, "room": plan.applicants[aid].room,
+                               "truth": expected, "gateway": got,
+                               "admitted_by": gateway.get(aid, {}).get("admitted_by")})
+    gw_rooms = {r["room"]: r for r in attendance["rooms"]}
+    proctor_by_room = Counter(plan.applicants[v.applicant_id or ""].room for v in plan.visits
+                              if v.admitted_by == "proctor")
+    rooms = []
+    for room in plan.rooms:
+        ids = [aid for aid, a in plan.applicants.items() if a.room == room]
+        t = Counter(truth[aid] for aid in ids)
+        g = gw_rooms.get(room, {})
+        rooms.append({
+            "room": room, "expected": len(ids),
+            "truth_present": t["present"] + t["late"], "gateway_present": g.get("present", 0),
+            "truth_late": t["late"], "gateway_late": g.get("late", 0),
+            "truth_absent": t["absent"], "gateway_absent": g.get("absent", 0),
+            "awaiting": g.get("awaiting", 0), "refused": g.get("refused", 0),
+            "wrong_room_attempts": g.get("wrong_room", 0),
+            "duplicate_identity": g.get("duplicate_identity", 0),
+            "proctor_admits": proctor_by_room[room],
+            "match": not any(m["room"] == room for m in mismatches)})
+
+    # Every stored event, matched to the frame the rehearsal showed (frame refs are unique).
+    shown = {a.frame_ref: (v, a) for v in plan.visits for a in v.shown if a.frame_ref}
+    stored_by_ref: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        if event.get("frame_ref") in shown:
+            stored_by_ref[event["frame_ref"]].append(event)
+
+    def stored_outcomes(visit: DoorVisit) -> list[str]:
+        found = []
+        for attempt in visit.shown:
+            for event in stored_by_ref.get(attempt.frame_ref or "", []):
+                found.append(event["outcome"] + (f" ({event['reason']})" if event["reason"]
+                                                 else ""))
+            if not stored_by_ref.get(attempt.frame_ref or ""):
+                found.append("no event (" + (attempt.note or "no face found") + ")")
+        return found
+
+    def admitted(visit: DoorVisit) -> bool:
+        return any(e["outcome"] == "accepted" for a in visit.shown
+                   for e in stored_by_ref.get(a.frame_ref or "", []))
+
+    def row(visit: DoorVisit, **extra: Any) -> dict[str, Any]:
+        return {"at_s": round(visit.started_at if visit.started_at is not None else visit.at_s,
+                              1), "gate": visit.gate, "person": visit.person,
+                "card": next((a.card for a in visit.attempts), None),
+                "outcomes": stored_outcomes(visit), "admitted": admitted(visit), **extra}
+
+    proxies = [row(v, victim=v.applicant_id) for v in plan.visits if v.kind == "proxy"]
+    strangers = [row(v) for v in plan.visits if v.kind == "stranger"]
+    attacks = [row(v, target=v.applicant_id) for v in plan.visits if v.kind == "photo_attack"]
+    wrong_room = [row(v, own_room=plan.applicants[v.applicant_id or ""].room)
+                  for v in plan.visits if v.kind == "wrong_room"]
+    poor = []
+    for v in plan.visits:
+        if v.poor_capture:
+            first = v.shown[0] if v.shown else None
+            first_events = stored_by_ref.get(first.frame_ref or "", []) if first else []
+            poor.append({**row(v), "capture": v.poor_capture,
+                         "first": (first_events[0]["reason"] or first_events[0]["outcome"])
+                         if first_events else "no face found (no event)",
+                         "then": v.admitted_by or "not admitted"})
+    proctor = [{"applicant_id": v.applicant_id, "gate": v.gate, "at_s": round(v.admitted_at or 0,
+                                                                              1),
+                "attempts": len(v.shown), "outcomes": stored_outcomes(v)}
+               for v in plan.visits if v.admitted_by == "proctor"]
+    genuine_unadmitted = [v.applicant_id for v in plan.visits
+                          if v.genuine and v.admitted_at is None]
+
+    # Decisions against the truth, with the demo's scorer (identity decisions only: captures
+    # the camera could not see well and photo attacks are reported on their own).
+    room_of_gate = {gate: room for room, gates in plan.gates.items() for gate in gates}
+    scored_truth = {}
+    for visit in plan.visits:
+        if visit.kind == "photo_attack":
+            continue
+        for attempt in visit.shown:
+            if attempt.frame_ref is None or attempt.capture in POOR_CAPTURES:
+                continue
+            face_id = applicant_id_for(attempt.face_of)
+            own = visit.genuine and attempt.card == face_id  # their own card at their room
+            room = room_of_gate[visit.gate]
+            scored_truth[f"{room}/{attempt.frame_ref}"] = ScoredVisit(
+                room, attempt.photo, face_id if face_id in plan.applicants else attempt.face_of,
+                own, attempt.card)
+    decisions = {k: v for k, v in _score(scored_truth, events).items()
+                 if k not in ("proxy_attempts", "proxies_refused")}
+    decisions["no_event"] = sum(1 for key in scored_truth
+                                if not stored_by_ref.get(key.split("/", 1)[1]))
+    decisions["gate_went_down"] = sum(a.note == GATE_WENT_DOWN for v in plan.visits
+                                      for a in v.shown)
+
+    latency = []
+    for gate in sorted({r["gate"] for r in delivery}):
+        values = [float(e["latency_ms"]) for e in events if e["device_id"] == gate
+                  and e["outcome"] != "no_face" and e.get("latency_ms") is not None]
+        latency.append({"gate": gate, **_percentiles(values)})
+    all_latency = _percentiles([float(e["latency_ms"]) for e in events
+                                if e["outcome"] != "no_face" and e.get("latency_ms") is not None])
+
+    lost = sum(r["lost"] for r in delivery)
+    duplicated = sum(r["duplicated"] + r["unknown"] for r in delivery)
+    undelivered = sum(r["depth"] for r in delivery)
+    proxies_admitted = sum(p["admitted"] for p in proxies)
+    strangers_admitted = sum(s["admitted"] for s in strangers)
+    for fault in faults:
+        if fault.survived and (lost or duplicated):
+            fault.detail += "; but check-ins were lost or duplicated (see delivery)"
+    resources = summarise_resources(samples)
+    failures = []
+    if mismatches:
+        failures.append(f"attendance differs from the ground truth for {len(mismatches)} "
+                        f"applicants in {len({m['room'] for m in mismatches})} rooms")
+    if lost or duplicated or undelivered:
+        failures.append(f"{lost} check-ins lost, {duplicated} duplicated, {undelivered} still "
+                        "in gate outboxes")
+    if proxies_admitted:
+        failures.append(f"{proxies_admitted} of {len(proxies)} proxies were admitted")
+    if strangers_admitted:
+        failures.append(f"{strangers_admitted} people on no roster were admitted")
+    for fault in faults:
+        if not fault.survived:
+            failures.append(f"fault not recovered: {fault.title} ({fault.target})")
+    if genuine_unadmitted:
+        failures.append(f"{len(genuine_unadmitted)} applicants could not get in at all")
+    by_kind = Counter(v.kind for v in plan.visits)
+    return {
+        "verdict": "PASS" if not failures else "FAIL", "failures": failures,
+        "attendance_matches": not mismatches, "lost": lost, "duplicated": duplicated,
+        "undelivered": undelivered, "proxies": len(proxies),
+        "proxies_admitted": proxies_admitted, "strangers": len(strangers),
+        "strangers_admitted": strangers_admitted, "photo_attacks": len(attacks),
+        "photo_attacks_admitted": sum(a["admitted"] for a in attacks),
+        "present": sum(s in ("present", "late") for s in truth.values()),
+        "late": sum(s == "late" for s in truth.values()),
+        "absent": sum(s == "absent" for s in truth.values()),
+        "proctor_admits": len(proctor), "events_stored": len(events),
+        "faults": [f.kind for f in faults],
+        "faults_survived": sum(bool(f.survived) for f in faults),
+        "latency_ms": all_latency, "peak_ram_mb": resources["peak_total_rss_mb"],
+        "wall_s": round(timings.get("wall_s", 0), 1), "window_s": window_s, "late_s": late_s,
+        "setup": {**setup, "gates": len(delivery), "arrivals": by_kind,
+                  "no_shows": len(plan.no_shows), "compression": REAL_WINDOW_S / window_s,
+                  "keepalive_s": GATE_KEEPALIVE_S},
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "rooms": rooms, "mismatches": mismatches, "proxy_rows": proxies,
+        "stranger_rows": strangers, "photo_attack_rows": attacks, "wrong_room_rows": wrong_room,
+        "poor_capture_rows": poor, "proctor_rows": proctor, "decisions": decisions,
+        "latency": latency, "delivery": delivery,
+        "fault_rows": [vars(f) for f in faults], "resources": resources,
+        "samples": [{k: s[k] for k in ("t", "load", "rss_total_mb", "cpu_total", "admitted")}
+                    | {"outbox_total": sum(s["outbox"].values())} for s in samples],
+        "admissions": sorted(round(v.admitted_at, 1) for v in plan.visits
+                             if v.genuine and v.admitted_at is not None),
+        "refusal_times": sorted(round(a.shown_at, 1) for v in plan.visits for a in v.shown
+                                if a.outcome == "refused" and a.shown_at is not None),
+    }
+
+
+def summarise_resources(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peak RSS and CPU per process (gates summarised and listed), totals, load average."""
+    per: dict[str, dict[str, Any]] = {}
+    for sample in samples:
+        for label, u in sample["usage"].items():
+            entry = per.setdefault(label, {"peak_rss_mb": 0.0, "cpu": [], "cpu_s": {}})
+            entry["peak_rss_mb"] = max(entry["peak_rss_mb"], u["rss_mb"])
+            entry["cpu"].append(u["cpu"])
+            entry["cpu_s"][u["pid"]] = u["cpu_s"]  # the last reading per pid (restarts add up)
+    rows = [{"process": label, "peak_rss_mb": round(e["peak_rss_mb"], 1),
+             "mean_cpu_pct": round(float(np.mean(e["cpu"])), 1) if e["cpu"] else 0.0,
+             "peak_cpu_pct": round(float(np.max(e["cpu"])), 1) if e["cpu"] else 0.0,
+             "cpu_s": round(sum(e["cpu_s"].values()), 1), "pids": len(e["cpu_s"])}
+            for label, e in sorted(per.items())]
+    loads = [s["load"] for s in samples]
+    return {"per_process": rows,
+            "peak_total_rss_mb": round(max((s["rss_total_mb"] for s in samples), default=0), 1),
+            "mean_total_cpu_pct": round(float(np.mean([s["cpu_total"] for s in samples])), 1)
+            if samples else 0.0,
+            "load": {"min": round(min(loads), 2), "mean": round(float(np.mean(loads)), 2),
+                     "max": round(max(loads), 2)} if loads else {}}
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+GREEN, RED, BLUE, GREY, ORANGE, BLACK = ((60, 160, 60), (60, 60, 210), (200, 110, 30),
+                                         (150, 150, 150), (120, 200, 250), (30, 30, 30))
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _nice_step(span: float, ticks: int = 6) -> float:
+    raw = max(span, 1e-9) / ticks
+    magnitude = 10 ** np.floor(np.log10(raw))
+    return float(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw))
+
+
+def _frame(image: np.ndarray, rect: tuple[int, int, int, int], xmax: float, ymax: float,
+           xlabel: str, ylabel: str) -> None:
+    """Axes with ticks around ``rect`` = (left, top, right, bottom) in pixels."""
+    left, top, right, bottom = rect
+    cv2.rectangle(image, (left, top), (right, bottom), GREY, 1)
+    for value in np.arange(0, ymax + 1e-9, _nice_step(ymax, 5)):
+        y = int(bottom - (bottom - top) * value / ymax)
+        cv2.line(image, (left - 4, y), (right, y), (225, 225, 225), 1)
+        cv2.putText(image, f"{value:g}", (4, y + 4), FONT, 0.4, BLACK, 1, cv2.LINE_AA)
+    for value in np.arange(0, xmax + 1e-9, _nice_step(xmax, 10)):
+        x = int(left + (right - left) * value / xmax)
+        cv2.line(image, (x, bottom), (x, bottom + 4), BLACK, 1)
+        cv2.putText(image, f"{value:g}", (x - 10, bottom + 18), FONT, 0.4, BLACK, 1, cv2.LINE_AA)
+    cv2.putText(image, xlabel, ((left + right) // 2 - 80, bottom + 40), FONT, 0.45, BLACK, 1,
+                cv2.LINE_AA)
+    cv2.putText(image, ylabel, (left, top - 8), FONT, 0.45, BLACK, 1, cv2.LINE_AA)
+
+
+def plot_morning(result: dict[str, Any], path: Path) -> None:
+    """Admissions and refusals per interval, outbox backlog, fault spans, start and close."""
+    width, height = 1200, 470
+    image = np.full((height, width, 3), 255, np.uint8)
+    rect = (60, 70, width - 70, height - 70)
+    left, top, right, bottom = rect
+    t_end = max([result["window_s"] + result["late_s"]]
+                + [s["t"] for s in result["samples"]]) * 1.02
+    buckets = 60
+    width_s = t_end / buckets
+    admitted = np.histogram(result["admissions"], bins=buckets, range=(0, t_end))[0]
+    refused = np.histogram(result["refusal_times"], bins=buckets, range=(0, t_end))[0]
+    ymax = max(4, int(max(admitted.max(initial=0), refused.max(initial=0)) * 1.2) + 1)
+    _frame(image, rect, t_end, ymax, "seconds after doors open",
+           f"per {width_s:.0f} s: admitted (green), refused (red); blue: check-ins waiting in "
+           "gate outboxes (right axis)")
+
+    def x_of(t: float) -> int:
+        return int(left + (right - left) * t / t_end)
+
+    for n, fault in enumerate(result["fault_rows"]):
+        start = fault["started_s"] or fault["at_s"]
+        end = fault["recovered_s"] or fault["ended_s"] or start + fault["duration_s"]
+        overlay = image.copy()
+        cv2.rectangle(overlay, (x_of(start), top + 1), (max(x_of(end), x_of(start) + 3),
+                                                        bottom - 1), ORANGE, -1)
+        cv2.addWeighted(overlay, 0.45, image, 0.55, 0, image)
+        cv2.putText(image, fault["kind"].replace("_", " "), (x_of(start) + 2,
+                                                             top + 14 + 14 * (n % 3)),
+                    FONT, 0.4, BLACK, 1, cv2.LINE_AA)
+    bar = max(2, (right - left) // buckets // 2 - 1)
+    for i in range(buckets):
+        x = x_of(i * width_s)
+        for count, colour, dx in ((admitted[i], GREEN, 0), (refused[i], RED, bar + 1)):
+            if count:
+                y = int(bottom - (bottom - top) * count / ymax)
+                cv2.rectangle(image, (x + dx, y), (x + dx + bar, bottom - 1), colour, -1)
+    outbox = [(s["t"], s["outbox_total"]) for s in result["samples"]]
+    omax = max(4, max((v for _, v in outbox), default=0) * 1.2)
+    points = np.array([(x_of(t), int(bottom - (bottom - top) * v / omax)) for t, v in outbox],
+                      np.int32)
+    if len(points) > 1:
+        cv2.polylines(image, [points], False, BLUE, 2, cv2.LINE_AA)
+    cv2.putText(image, f"{omax:.0f}", (right + 6, top + 4), FONT, 0.4, BLUE, 1, cv2.LINE_AA)
+    cv2.putText(image, "0", (right + 6, bottom), FONT, 0.4, BLUE, 1, cv2.LINE_AA)
+    for t, label in ((result["window_s"], "exam starts"),
+                     (result["window_s"] + result["late_s"], "doors close")):
+        cv2.line(image, (x_of(t), top), (x_of(t), bottom), BLACK, 2)
+        cv2.putText(image, label, (x_of(t) + 4, bottom - 8), FONT, 0.45, BLACK, 1, cv2.LINE_AA)
+    cv2.putText(image, "The morning: check-ins, faults (shaded) and delivery backlog", (left, 28),
+                FONT, 0.6, BLACK, 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), image)
+
+
+def plot_latency(result: dict[str, Any], path: Path) -> None:
+    """Per gate: p95 bar, p50 dot, max tick (milliseconds from camera frame to decision)."""
+    rows = [r for r in result["latency"] if r["n"]]
+    width = max(700, 60 + 26 * len(rows) + 40)
+    height = 420
+    image = np.full((height, width, 3), 255, np.uint8)
+    rect = (60, 60, width - 30, height - 80)
+    left, top, right, bottom = rect
+    ymax = max([50.0] + [r["max"] for r in rows]) * 1.1
+    _frame(image, rect, 1, ymax, "", "ms, per gate: p95 (bar), p50 (dot), max (red tick)")
+    cv2.rectangle(image, (0, bottom + 1), (width, bottom + 30), (255, 255, 255), -1)
+    step = (right - left) / max(1, len(rows))
+    for i, r in enumerate(rows):
+        x = int(left + step * (i + 0.5))
+
+        def y_of(v: float) -> int:
+            return int(bottom - (bottom - top) * v / ymax)
+
+        cv2.rectangle(image, (x - 8, y_of(r["p95"])), (x + 8, bottom - 1), (235, 200, 160), -1)
+        cv2.circle(image, (x, y_of(r["p50"])), 4, BLUE, -1, cv2.LINE_AA)
+        cv2.line(image, (x - 8, y_of(r["max"])), (x + 8, y_of(r["max"])), RED, 2)
+        label = r["gate"].split("-", 1)[-1]
+        cv2.putText(image, label[:6], (x - 11, bottom + 14 + 12 * (i % 2)), FONT, 0.33, BLACK,
+                    1, cv2.LINE_AA)
+    cv2.putText(image, "Check-in latency per gate (camera frame to recorded decision)",
+                (left, 28), FONT, 0.6, BLACK, 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), image)
+
+
+def plot_resources(result: dict[str, Any], path: Path) -> None:
+    """Total resident memory, total CPU and the load average over the morning."""
+    width, height = 1200, 520
+    image = np.full((height, width, 3), 255, np.uint8)
+    samples = result["samples"]
+    t_end = max([1.0] + [s["t"] for s in samples]) * 1.02
+    panels = [((60, 60, width - 40, 250), "rss_total_mb", 1 / 1024,
+               "GB resident, all processes", BLUE),
+              ((60, 300, width - 40, height - 60), "cpu_total", 1.0,
+               "CPU % of all processes (200 = both cores); grey: load average x 100", RED)]
+    for rect, key, scale, label, colour in panels:
+        values = [s[key] * scale for s in samples]
+        ymax = max([1.0] + values + ([s["load"] * 100 for s in samples]
+                                     if key == "cpu_total" else [])) * 1.1
+        _frame(image, rect, t_end, ymax, "seconds after doors open" if key == "cpu_total"
+               else "", label)
+
+        def pts(vals: list[float], rect: tuple[int, int, int, int] = rect,
+                ymax: float = ymax) -> np.ndarray:
+            left, top, right, bottom = rect
+            return np.array([(int(left + (right - left) * s["t"] / t_end),
+                              int(bottom - (bottom - top) * v / ymax))
+                             for s, v in zip(samples, vals, strict=True)], np.int32)
+
+        if len(samples) > 1:
+            if key == "cpu_total":
+                cv2.polylines(image, [pts([s["load"] * 100 for s in samples])], False, GREY, 2,
+                              cv2.LINE_AA)
+            cv2.polylines(image, [pts(values)], False, colour, 2, cv2.LINE_AA)
+    cv2.putText(image, "Resources on this machine during the morning", (60, 30), FONT, 0.6,
+                BLACK, 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), image)
+
+
+def _clock(t: float, compression: float) -> str:
+    """A rehearsal time as the clock of a real morning whose doors open at 06:30."""
+    real = datetime(2026, 12, 1, 6, 30) + timedelta(seconds=t * compression)
+    return real.strftime("%H:%M")
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def write_report(result: dict[str, Any], workdir: Path) -> Path:
+    """``report.md`` (and its plots) for the centre manager: the verdict first."""
+    plots = workdir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_morning(result, plots / "morning.png")
+    plot_latency(result, plots / "latency.png")
+    plot_resources(result, plots / "resources.png")
+    setup = result["setup"]
+    k = setup["compression"]
+    rooms = result["rooms"]
+    faults = result["fault_rows"]
+    out: list[str] = []
+    add = out.append
+    add(f"# Exam-day rehearsal: {result['verdict']}\n")
+    if result["verdict"] == "PASS":
+        add(f"**PASS.** Attendance at the gateway equals the ground truth in all {len(rooms)} "
+            f"rooms ({setup['applicants']} applicants: {result['present']} present of whom "
+            f"{result['late']} late, {result['absent']} absent). "
+            f"{result['lost']} check-ins lost, {result['duplicated']} duplicated. "
+            f"{result['proxies'] - result['proxies_admitted']} of {result['proxies']} proxies "
+            f"refused; nobody on no roster got in. "
+            + (f"{result['faults_survived']} of {len(faults)} faults injected and survived."
+               if faults else "No faults injected (--no-faults).") + "\n")
+    else:
+        add("**FAIL.** " + "; ".join(result["failures"]) + ".\n")
+    add(f"Rehearsed {datetime.now().strftime('%Y-%m-%d %H:%M')} on this machine in "
+        f"{result['wall_s'] / 60:.1f} minutes: {len(rooms)} rooms × {setup['gates_per_room']} "
+        f"gates, {setup['applicants']} applicants, doors open for {result['window_s']:.0f} s "
+        f"standing for 30 minutes ({k:.1f}× faster than real time); late arrivals until doors "
+        f"closed {result['late_s']:.0f} s after the start. Times below are seconds after doors "
+        f"opened, with the clock of a real morning whose doors open at 06:30 and exam starts at "
+        f"07:00.\n")
+    add("| | |\n|---|---|")
+    add(f"| Gates | {setup['gates']} device-service processes (one per gate), "
+        f"camera at {setup['camera_fps']:g} frame/s |")
+    add(f"| Gateway | one process, {setup['backend']} |")
+    add("| Broker | Mosquitto with the project's local config: plain MQTT on loopback "
+        "(mutual TLS not yet: see Notes) |")
+    add(f"| Rosters | {setup['applicants']} applicants enrolled from 3 photos each"
+        + (f" ({setup['not_enrolled']} left off: no usable photo)" if setup["not_enrolled"]
+           else "") + ", "
+        + ("session-wide T-norm cohort (`gerbang-provision cohort`)" if setup["cohort"]
+           else "plain cosine scores (fewer than 100 applicants: no cohort)") + " |")
+    add(f"| Faces | `{setup['faces']}`; {setup['outsiders']} other people play proxies and "
+        "people on no roster |")
+    arrivals = setup["arrivals"]
+    add("\n**The morning's mix**\n")
+    add("| who | how many | what they do |\n|---|---|---|")
+    add(f"| on the roster, on time | {arrivals.get('on_time', 0)} | card and face at a gate of "
+        f"their room; up to {MAX_GENUINE_TRIES} tries, then the proctor checks the KTP |")
+    add(f"| … of whom the camera cannot see well at first | {len(result['poor_capture_rows'])} | "
+        "a dark, blurred or cut-off frame first, then a good one |")
+    add(f"| at the wrong room first | {arrivals.get('wrong_room', 0)} | their card at another "
+        "room's gate, then their own room |")
+    add(f"| late | {arrivals.get('late', 0)} | arrive after the exam started |")
+    add(f"| no-shows | {setup['no_shows']} | never come |")
+    add(f"| proxies (*joki*) | {result['proxies']} | someone else with an applicant's card "
+        "(that applicant stays home); tries twice |")
+    add(f"| people on no roster | {result['strangers']} | with another session's card, or none "
+        "(1:N search) |")
+    add(f"| photo attacks | {result['photo_attacks']} | an applicant's own enrollment photo shown "
+        "with their card after they went in (see Notes: liveness) |")
+
+    add("\n## Attendance per room\n")
+    add("Ground truth is what happened at the doors (who went in, when); the gateway column is "
+        "its own derivation (`GET /api/sessions/{id}/attendance`, logged in as the manager) "
+        "after the doors closed.\n")
+    add("| Room | Expected | Present truth / gateway | Late truth / gateway | "
+        "Absent truth / gateway | Proctor admits | Refused attempts | Wrong-room attempts | "
+        "Duplicate identity | Equal |\n|---|---|---|---|---|---|---|---|---|---|")
+    for r in rooms:
+        add(f"| {r['room']} | {r['expected']} | {r['truth_present']} / {r['gateway_present']} | "
+            f"{r['truth_late']} / {r['gateway_late']} | {r['truth_absent']} / "
+            f"{r['gateway_absent']} | {r['proctor_admits']} | {r['refused']} | "
+            f"{r['wrong_room_attempts']} | {r['duplicate_identity']} | "
+            f"{'yes' if r['match'] else '**NO**'} |")
+    if result["mismatches"]:
+        add("\n**Applicants whose status differs**\n")
+        add("| Applicant | Room | Truth | Gateway | Admitted by |\n|---|---|---|---|---|")
+        for m in result["mismatches"]:
+            add(f"| {m['applicant_id']} | {m['room']} | {m['truth']} | {m['gateway']} | "
+                f"{m['admitted_by'] or '–'} |")
+
+    add("\n## Proxies, photo attacks and people on no roster\n")
+
+    def table(rows: list[dict[str, Any]], who: str, extra: str | None = None,
+              admitted_means: str = "**YES**") -> None:
+        if not rows:
+            add("None in this rehearsal.\n")
+            return
+        head = f"| T+ s (clock) | Gate | {who} | Card shown |" + (f" {extra} |" if extra else "")
+        add(head + " What the gate decided | Admitted |")
+        add("|" + "---|" * (head.count("|") + 1))
+        for r in rows:
+            cells = [f"{r['at_s']:.0f} ({_clock(r['at_s'], k)})", r["gate"], r["person"],
+                     r["card"] or "none"]
+            if extra:
+                cells.append(str(r.get(extra.lower().replace(" ", "_"), "")))
+            cells += ["; ".join(r["outcomes"]) or "–", admitted_means if r["admitted"] else "no"]
+            add("| " + " | ".join(cells) + " |")
+        add("")
+
+    add(f"### Proxies: {result['proxies'] - result['proxies_admitted']} of {result['proxies']} "
+        "refused\n")
+    add("A different person holding an applicant's card. The gate compares the face with that "
+        "card's template (1:1) and with the whole room (`duplicate_identity` when it matches "
+        "someone else better).\n")
+    table(result["proxy_rows"], "Person (not on any roster)", "Victim")
+    add(f"### People on no roster: {result['strangers'] - result['strangers_admitted']} of "
+        f"{result['strangers']} refused\n")
+    table(result["stranger_rows"], "Person")
+    add(f"### Photo attacks: {result['photo_attacks_admitted']} of {result['photo_attacks']} "
+        "admitted, as expected with liveness off\n")
+    add("The gates here replay still photos, so their liveness step is off (a still cannot "
+        "blink or turn). A photo attack is therefore shown as the applicant's own enrollment "
+        "photo with their card, after the applicant went in; with liveness off the gate "
+        "admits it, and attendance is unchanged because the applicant is already present. "
+        "**This rehearsal does not measure liveness.** At a real door `[liveness] enabled = "
+        "true` asks for a random action; its resistance to photo attacks is measured by "
+        "`gerbang-device pad-eval` (docs/liveness.md).\n")
+    table(result["photo_attack_rows"], "Photo of", "Target",
+          admitted_means="yes (liveness off)")
+    add("### At the wrong room's door\n")
+    table(result["wrong_room_rows"], "Person", "Own room")
+    add("### Faces the camera could not see well\n")
+    if result["poor_capture_rows"]:
+        add("| T+ s | Gate | Applicant's face | Capture | First frame | Then |\n"
+            "|---|---|---|---|---|---|")
+        for r in result["poor_capture_rows"]:
+            add(f"| {r['at_s']:.0f} | {r['gate']} | {r['person']} | {r['capture']} | "
+                f"{r['first']} | {r['then']} |")
+        add("")
+    else:
+        add("None in this rehearsal.\n")
+    add(f"### Admitted by a proctor: {len(result['proctor_rows'])}\n")
+    add(f"Genuine applicants the gate refused {MAX_GENUINE_TRIES} times; the proctor checked "
+        "their KTP and admitted them on the dashboard (`manual_admit`, audited).\n")
+    if result["proctor_rows"]:
+        add("| Applicant | Gate | Attempts | What the gate decided |\n|---|---|---|---|")
+        for r in result["proctor_rows"]:
+            add(f"| {r['applicant_id']} | {r['gate']} | {r['attempts']} | "
+                f"{'; '.join(r['outcomes'])} |")
+        add("")
+    d = result["decisions"]
+    add("### Every identity decision against the truth\n")
+    add(f"{d['true_accepts']} genuine accepted, {d['false_rejects']} genuine refused (they "
+        f"tried again), {d['true_rejects']} impostors or wrong-room cards refused, "
+        f"**{d['false_accepts']} false accepts**; {d['no_event']} frames gave no decision (no "
+        f"face found, or the gate went down while judging: {d['gate_went_down']}) and the "
+        "person stepped up again. Poor captures and photo attacks are in their own tables "
+        "above.\n")
+
+    lat = result["latency_ms"]
+    add("## Check-in latency per gate\n")
+    add(f"From the camera frame to the decision committed in the gate's outbox, over "
+        f"{lat['n']} decisions: p50 {_ms(lat['p50'])} ms, p95 {_ms(lat['p95'])} ms, max "
+        f"{_ms(lat['max'])} ms (all {setup['gates']} gates share this 2-core machine with the "
+        "gateway and the broker; a Pi has its gate to itself).\n")
+    add("![latency per gate](plots/latency.png)\n")
+    add("| Gate | Decisions | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|")
+    for r in result["latency"]:
+        add(f"| {r['gate']} | {r['n']} | {_ms(r['p50'])} | {_ms(r['p95'])} | {_ms(r['max'])} |")
+
+    add("\n## Delivery: lost and duplicated check-ins\n")
+    add(f"**{result['lost']} lost, {result['duplicated']} duplicated, {result['undelivered']} "
+        "still waiting in a gate.** Every gate numbers its check-ins (and alarms) 0, 1, 2, … in "
+        "its outbox (`seq`); each number must be stored at the gateway exactly once. 'Logged' "
+        "counts the decisions the gate wrote in its log (a gate killed between committing and "
+        "logging has more stored than logged, never fewer).\n")
+    add("| Gate | Appended | Acked | Stored | Lost | Duplicated | Left in outbox | Logged | "
+        "Process starts |\n|---|---|---|---|---|---|---|---|---|")
+    for r in result["delivery"]:
+        add(f"| {r['gate']} | {r['appended']} | {r['acked']} | {r['stored']} | {r['lost']} | "
+            f"{r['duplicated'] + r['unknown']} | {r['depth']} | {r['logged']} | {r['starts']} |")
+
+    add("\n## Faults\n")
+    if faults:
+        add(f"{result['faults_survived']} of {len(faults)} survived: each component came back "
+            "by itself, and the checks above include everything that happened during them.\n")
+        add("| T+ s (clock) | Fault | Target | Came back after | What happened | Survived |\n"
+            "|---|---|---|---|---|---|")
+        for f in faults:
+            start = f["started_s"] if f["started_s"] is not None else f["at_s"]
+            back = (f"{f['recovered_s'] - start:.1f} s" if f["recovered_s"] is not None
+                    else "**not**")
+            add(f"| {start:.0f} ({_clock(start, k)}) | {f['title']} | {f['target']} | {back} | "
+                f"{f['detail']} | {'yes' if f['survived'] else '**NO**'} |")
+    else:
+        add("None injected (`--no-faults`).")
+    if setup["broker_errors"]:
+        add("\nMosquitto logged errors: " + "; ".join(f"`{e}`" for e in setup["broker_errors"]))
+    add("\n![the morning](plots/morning.png)\n")
+
+    res = result["resources"]
+    add("## Resources\n")
+    load = res["load"]
+    add(f"Peak resident memory of all processes together: **{res['peak_total_rss_mb'] / 1024:.1f}"
+        f" GB**; mean CPU {res['mean_total_cpu_pct']:.0f} % (200 % = both cores). Load average "
+        f"during the morning {load.get('min', 0):.1f}–{load.get('max', 0):.1f} (mean "
+        f"{load.get('mean', 0):.1f}); this machine is shared, so other work counts in it.\n")
+    add("![resources](plots/resources.png)\n")
+    rows = res["per_process"]
+    gates = [r for r in rows if r["process"].startswith(CENTRE + "-")]
+    others = [r for r in rows if r not in gates]
+    add("| Process | Peak RSS MB | Mean CPU % | Peak CPU % | CPU s | Processes (a restart "
+        "adds one) |\n|---|---|---|---|---|---|")
+    for r in others:
+        add(f"| {r['process']} | {r['peak_rss_mb']:.0f} | {r['mean_cpu_pct']:.1f} | "
+            f"{r['peak_cpu_pct']:.0f} | {r['cpu_s']:.0f} | {r['pids']} |")
+    if gates:
+        rss = [r["peak_rss_mb"] for r in gates]
+        add(f"| gates (each, median / max of {len(gates)}) | {np.median(rss):.0f} / "
+            f"{max(rss):.0f} | {np.median([r['mean_cpu_pct'] for r in gates]):.1f} / "
+            f"{max(r['mean_cpu_pct'] for r in gates):.1f} | "
+            f"{max(r['peak_cpu_pct'] for r in gates):.0f} | "
+            f"{sum(r['cpu_s'] for r in gates):.0f} (all) | "
+            f"{sum(r['pids'] for r in gates)} |")
+        add("\n<details><summary>Every gate</summary>\n")
+        add("| Gate | Peak RSS MB | Mean CPU % | Peak CPU % | CPU s | Processes |\n"
+            "|---|---|---|---|---|---|")
+        for r in gates:
+            add(f"| {r['process']} | {r['peak_rss_mb']:.0f} | {r['mean_cpu_pct']:.1f} | "
+                f"{r['peak_cpu_pct']:.0f} | {r['cpu_s']:.0f} | {r['pids']} |")
+        add("\n</details>")
+    t = result["timings"]
+    add(f"\nWall time {t.get('wall_s', 0):.0f} s: setting up (enrollment, rosters, starting "
+        f"every process) {t.get('setup_s', 0):.0f} s, the morning {t.get('morning_s', 0):.0f} s"
+        f" (of which waiting for the last deliveries {t.get('settle_s', 0):.0f} s), then "
+        "stopping and this report.\n")
+
+    add("## Notes and limits\n")
+    add(f"- **Time is compressed {k:.1f}×.** The 5-minute network cut lasts "
+        f"{300 / k:.0f} s, a Pi's boot {max(RESTART_SEC + 1, REAL_BOOT_S / k):.0f} s; "
+        f"systemd's 2 s restart delay is not compressed. The gates' MQTT keep-alive is "
+        f"{GATE_KEEPALIVE_S} s here (30 s at a centre) so that the cut is long enough for both "
+        "ends to notice it, as they would in 5 minutes.")
+    add("- **Liveness is off** (the gates replay stills); photo attacks are shown but not "
+        "defended here. Liveness is measured by `gerbang-device pad-eval` (docs/liveness.md).")
+    add("- **MQTT is plain, on loopback**, with the project's local Mosquitto config. The "
+        "centre's broker config with mutual TLS and per-device certificates "
+        "(`provisioning/broker_config.py`) needs the device bundles that provisioning is "
+        "finishing; the rehearsal writes every client's `[broker]` section in one place so the "
+        "certificate files can be added there (docs/rehearsal.md).")
+    add("- The network cut is a relay between that gate and the broker that stops moving bytes "
+        "and refuses new connections; a power cut is `kill -9` (the machine's page cache "
+        "survives it, a Pi's would not: the outbox's fsync on every commit is tested on its own "
+        "in tests/test_outbox.py).")
+    add("- Each gate's camera is a replayed feed: an empty hallway at "
+        f"{setup['camera_fps']:g} frame/s, and a person's frame when they step up. The "
+        "applicant reads the gate's decision from its log, as they would read its screen; "
+        "every figure above comes from the gateway, the outboxes and the stored events.")
+    add("\n## Files\n")
+    add("- `summary.json`: every figure in this report; `rehearsal.log`: the run's log")
+    add("- `run/logs/`: each gate's, the gateway's log; `run/broker/mosquitto.log`")
+    add("- `run/gates/<gate>/`: config, roster, outbox, camera frames; `run/rosters/`: room "
+        "rosters (biometric templates: delete them with the work directory)")
+    add("- `enrollment/templates.json`: the enrollment cache (templates, mode 0600) that makes "
+        "a re-run with the same `--workdir` start faster")
+    path = workdir / "report.md"
+    path.write_text("\n".join(out) + "\n")
+    return path
