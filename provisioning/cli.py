@@ -725,6 +725,20 @@ def _add_pki_commands(sub: argparse._SubParsersAction) -> None:
     install.set_defaults(func=_cmd_install)
 
 
+def _cmd_roster_push(args: argparse.Namespace) -> int:
+    from gerbang.config import BrokerConfig
+    from provisioning.push import push_roster
+
+    broker = BrokerConfig(host=args.broker_host, port=args.broker_port, ca_file=args.ca_file,
+                          cert_file=args.cert_file, key_file=args.key_file)
+    results = push_roster(broker, args.centre, args.device, args.signed_roster.read_bytes(),
+                          timeout_s=args.timeout)
+    for r in results:
+        state = {True: "ok", False: "REFUSED", None: "NOT CONFIRMED"}[r.ok]
+        print(f"{r.device_id:24s} {state:14s} {r.detail}")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; help texts are written for the technician on site."""
     parser = argparse.ArgumentParser(
@@ -901,6 +915,27 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
                     "photos of the npm package @vladmandic/face-api into <person>/<image>.")
     faces.add_argument("--out", type=Path, required=True, help="folder to write")
     faces.set_defaults(func=_cmd_demo_faces)
+    push = sub.add_parser(
+        "roster-push", help="send a signed roster to a room's gates and confirm each one",
+        description="Publish a signed roster (.roster.signed) to each named gate over MQTT and "
+                    "wait for every gate's acknowledgement. Each gate checks the signature, "
+                    "centre, session, room, model and version before using it; a refusal is "
+                    "printed with its reason. A gate that is offline gets the roster when it "
+                    "reconnects and is listed as NOT CONFIRMED. Use the gateway's certificate "
+                    "(the broker lets only the gateway publish commands). Exit code 0 only "
+                    "when every gate confirmed.")
+    push.add_argument("signed_roster", type=Path, help="the .roster.signed file")
+    push.add_argument("--centre", required=True, help="centre id, e.g. c01")
+    push.add_argument("--device", action="append", required=True,
+                      help="a gate id of the room (repeat for each gate)")
+    push.add_argument("--broker-host", default="127.0.0.1")
+    push.add_argument("--broker-port", type=int, default=8883)
+    push.add_argument("--ca-file", type=Path, help="centre CA (turns TLS on)")
+    push.add_argument("--cert-file", type=Path, help="the gateway's certificate")
+    push.add_argument("--key-file", type=Path, help="the gateway's key")
+    push.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for the acknowledgements (default 30)")
+    push.set_defaults(func=_cmd_roster_push)
     return parser
 
 

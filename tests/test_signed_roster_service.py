@@ -38,7 +38,8 @@ def wait_until(predicate, timeout, what):
 
 
 @pytest.mark.faces
-def test_signed_roster_gate_end_to_end(tmp_path, mosquitto, faces_root, pipeline, caplog):
+def test_signed_roster_gate_end_to_end(tmp_path, mosquitto, faces_root, pipeline, caplog,
+                                      capsys):
     person = sorted((faces_root / "orl").iterdir())[0]
     photos = sorted(person.iterdir())
     template = pipeline.read(read_image(photos[0])).embedding
@@ -100,7 +101,18 @@ def test_signed_roster_gate_end_to_end(tmp_path, mosquitto, faces_root, pipeline
         tampered[len(tampered) // 2] ^= 1
         refused = push(bytes(tampered))
         assert not refused["ok"] and "tampered" in refused["detail"]
-        assert push(good)["ok"]
+        # The technician's command: push to the room's gates and confirm each acknowledgement.
+        from provisioning.cli import main as provision
+
+        signed = tmp_path / "R01-v2.roster.signed"
+        signed.write_bytes(good)
+        capsys.readouterr()
+        assert provision(["roster-push", str(signed), "--centre", CENTRE, "--device", DEVICE,
+                          "--device", "c1-r01-b", "--broker-port", str(mosquitto.port),
+                          "--timeout", "5"]) == 1  # the second gate is not there
+        out = capsys.readouterr().out
+        assert f"{DEVICE}" in out and "roster v2 installed" in out
+        assert "c1-r01-b" in out and "NOT CONFIRMED" in out
         assert "old_version" in push(sign_roster(roster_v1, keys))["detail"]
         wait_until(lambda: any(e.get("applicant_id") == "A2" for e in events), 30,
                    "a check-in matched against the pushed roster")
