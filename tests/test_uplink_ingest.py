@@ -110,6 +110,11 @@ def test_hostile_payloads_are_rejected_counted_and_never_stored(mosquitto, gatew
     assert [r["event_id"] for r in store.events()] == [good["event_id"]]
     reasons = [r["error"] for r in store.rejects()]
     assert any("seq" in r for r in reasons) and any("does not match topic" in r for r in reasons)
+    # ... and each one is on the proctors' alert list, waiting to be acknowledged.
+    from gateway.alerts import current_alerts, open_count
+
+    alerts = [a for a in current_alerts(store) if a["kind"] == "rejected_message"]
+    assert len(alerts) == len(bad_payloads) and open_count(alerts) == len(bad_payloads)
 
 
 def test_gateway_session_survives_a_broker_restart_while_the_gateway_is_away(
