@@ -44,13 +44,35 @@ def _cmd_roster(args: argparse.Namespace) -> int:
         log.error("--signed-out needs --keys (the centre's roster key folder)")
         return 2
     applicants = {a: photos[: args.photos] for a, photos in face_folders(args.photos_dir).items()}
+    names: dict[str, str] = {}
+    no_photos: list[str] = []
+    if args.csv:
+        # The session roster (the same CSV the gateway imports) says who sits in this room and
+        # their names (shown on the applicant screen when admitted).
+        from gateway.roster_import import parse_roster_csv
+
+        parsed = parse_roster_csv(args.csv.read_bytes(), args.session)
+        if not parsed.ok:
+            for error in parsed.errors[:50]:
+                print(f"{args.csv}:{error['line']}: {error['field'] or '-'}: {error['error']}",
+                      file=sys.stderr)
+            log.error("roster CSV %s has %d error(s); nothing enrolled", args.csv,
+                      len(parsed.errors))
+            return 2
+        in_room = {e["applicant_id"]: e["name"] for e in parsed.entries if e["room"] == args.room}
+        names = in_room
+        no_photos = sorted(a for a in in_room if a not in applicants)
+        applicants = {a: photos for a, photos in applicants.items() if a in in_room}
     if not applicants:
-        log.error("no <applicant>/<photo> folders with images under %s", args.photos_dir)
+        log.error("no <applicant>/<photo> folders with images under %s%s", args.photos_dir,
+                  f" for room {args.room} of {args.csv}" if args.csv else "")
         return 2
     bundle = load_bundle(args.bundle)
     pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
     roster, report = build_roster(pipeline, applicants, args.session, args.room, args.version,
+                                  names=names,
                                   duplicate_threshold=calibrated_threshold(bundle, "cosine", 1e-4))
+    report.failed.extend(no_photos)
     roster = replace(roster, embedder_sha256=bundle.hashes()["embedder"])
     save_roster(roster, args.out)
     signed = None
@@ -59,8 +81,8 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     for applicant, photo, why in report.rejected_photos:
         print(f"photo rejected  {applicant:>16s}  {Path(photo).name}: {why}", file=sys.stderr)
     for applicant in report.failed:
-        print(f"NOT ENROLLED    {applicant:>16s}  no usable photo: ask for new photos",
-              file=sys.stderr)
+        why = ("no photo folder" if applicant in no_photos else "no usable photo")
+        print(f"NOT ENROLLED    {applicant:>16s}  {why}: ask for new photos", file=sys.stderr)
     for first, second, score in report.duplicates:
         print(f"SAME FACE?      {first} and {second} (similarity {score:.3f}): check both "
               "registrations before the exam", file=sys.stderr)
@@ -775,6 +797,11 @@ expires); a lost or stolen gate: gerbang-provision revoke c01-r01-a, then restar
                     "photos, made with the gates' own models so the door can compare. Photos "
                     "that cannot be used are listed with the reason; applicants with no usable "
                     "photo are NOT enrolled (exit code 1) and need new photos.")
+    roster.add_argument("--csv", type=Path,
+                        help="the session roster CSV (as imported by the gateway: no_peserta/"
+                             "applicant_id, nama/name, ruang/room, kursi/seat): enroll only "
+                             "this room's applicants, with their names; applicants of the room "
+                             "without photos are listed as NOT ENROLLED")
     roster.add_argument("--photos-dir", type=Path, required=True,
                         help="folder with one sub-folder per applicant id holding their photos")
     roster.add_argument("--session", required=True, help="exam session id, e.g. S1")

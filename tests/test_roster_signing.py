@@ -483,3 +483,32 @@ def test_cli_roster_with_keys_writes_a_signed_roster_the_gate_accepts(tmp_path, 
         session="S1", room="R01", embedder_sha256=embedder)
     assert verified.header.count == summary["enrolled"] >= 1
     assert verified.header.template_dim == 128
+
+
+def test_cli_roster_from_the_session_csv_enrolls_the_rooms_applicants_with_names(tmp_path,
+                                                                                faces_root):
+    photos = tmp_path / "photos"
+    for person in ("s1", "s2", "s3"):
+        (photos / f"A-{person}").mkdir(parents=True)
+        for photo in sorted((faces_root / "orl" / person).iterdir())[:2]:
+            (photos / f"A-{person}" / photo.name).write_bytes(photo.read_bytes())
+    csv = tmp_path / "sesi1.csv"
+    csv.write_text("no_peserta;nama;ruang;kursi\nA-s1;Siti Rahayu;R01;01\n"
+                   "A-s2;Budi Santoso;R02;01\nA-s9;Dewi Lestari;R01;02\n")
+    out = tmp_path / "R01.roster.json"
+    proc = subprocess.run([sys.executable, "-m", "provisioning.cli", "roster", "--photos-dir",
+                           str(photos), "--csv", str(csv), "--session", "S1", "--room", "R01",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    summary = json.loads(proc.stdout)
+    # A-s1 is R01's and enrolled with the name; A-s2 belongs to R02, A-s3 to no room;
+    # A-s9 is R01's but has no photos: reported, and the exit code says so.
+    assert (summary["enrolled"], summary["failed"], proc.returncode) == (1, 1, 1)
+    assert "A-s9" in proc.stderr and "no photo folder" in proc.stderr
+    entries = json.loads(out.read_text())["entries"]
+    assert [(e["applicant_id"], e["name"]) for e in entries] == [("A-s1", "Siti Rahayu")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("no_peserta,nama,ruang\nA-s1,,R01\n")
+    proc = subprocess.run([sys.executable, "-m", "provisioning.cli", "roster", "--photos-dir",
+                           str(photos), "--csv", str(bad), "--session", "S1", "--room", "R01",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "bad.csv:2: name: empty" in proc.stderr
