@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -14,6 +13,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_until
 
 from device.commands import CommandHandler
 from device.config import parse_device_config
@@ -26,15 +26,6 @@ from gerbang import wire
 from gerbang.config import BrokerConfig
 
 CENTRE, DEVICE = "c1", "c1-r01-a"
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

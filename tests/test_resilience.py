@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from waiting import wait_until
 
 from device.outbox import Outbox
 from device.roster import Roster, RosterEntry, save_roster
@@ -26,15 +27,6 @@ from gerbang.config import BrokerConfig
 
 CENTRE, DEVICE = "c1", "c1-r01-a"
 OFFLINE_S = float(os.environ.get("GERBANG_OFFLINE_S", "8"))
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

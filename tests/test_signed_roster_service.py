@@ -10,11 +10,11 @@ import json
 import logging
 import shutil
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_until
 
 from device.capture.replay import read_image
 from device.config import parse_device_config
@@ -26,15 +26,6 @@ from provisioning.signing import create_roster_keys, export_device_keys, sign_ro
 
 CENTRE, DEVICE = "c1", "c1-r01-a"
 NAME = "Siti Rahayu Testname"
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.mark.faces

@@ -9,6 +9,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_until
 
 from device.outbox import Outbox
 from device.uplink import Uplink
@@ -17,15 +18,6 @@ from gerbang import wire
 from gerbang.config import BrokerConfig
 
 CENTRE, DEVICE = "c1", "c1-r01-a"
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def event_builder(n: int, device: str = DEVICE):
