@@ -54,7 +54,6 @@ import logging
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -66,8 +65,10 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from device import signed_layout
 from device.infer.bundle import DEFAULT_BUNDLE_DIR, ModelBundle, ModelBundleError, load_bundle
 from device.roster_file import public_key_id
+from device.signed_layout import LayoutError, split_signed
 from gerbang.files import write_atomic
 
 if TYPE_CHECKING:
@@ -79,10 +80,10 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"gerbang-model-bundle/1\n"
 HEADER_FORMAT = 1
-SIGNATURE_BYTES = 64
-_LENGTH = struct.Struct(">I")
+SIGNATURE_BYTES = signed_layout.SIGNATURE_BYTES
+_LENGTH = signed_layout.LENGTH
 #: The header lists a dozen files; anything this big is not ours (and is not parsed).
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = signed_layout.MAX_HEADER_BYTES
 #: Largest archive a gate accepts (today's bundle is about 11.7 MB): it is verified in memory.
 MAX_ARCHIVE_BYTES = 64 * 1024 * 1024
 #: Chunk size the sender uses (raw bytes; about 5.6 MB once in base64 and JSON), well under the
@@ -246,20 +247,15 @@ def signed_body(header_bytes: bytes, contents: list[bytes]) -> bytes:
 
 
 def _split(blob: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """(body, header bytes, file data, signature) by the layout alone; nothing is trusted yet."""
-    if not blob.startswith(MAGIC):
-        raise ModelUpdateRefused(MALFORMED, "not a signed Gerbang model bundle (it does not "
-                                 f"start with {MAGIC!r}); make one with `gerbang-provision "
-                                 "models sign`")
-    start = len(MAGIC) + _LENGTH.size
-    if len(blob) < start + SIGNATURE_BYTES:
-        raise ModelUpdateRefused(MALFORMED, f"archive is cut short ({len(blob)} bytes)")
-    (header_len,) = _LENGTH.unpack_from(blob, len(MAGIC))
-    if header_len > MAX_HEADER_BYTES or start + header_len > len(blob) - SIGNATURE_BYTES:
-        raise ModelUpdateRefused(TAMPERED, f"the header length ({header_len}) does not fit the "
-                                 f"archive ({len(blob)} bytes): altered or cut short")
-    body, signature = blob[:-SIGNATURE_BYTES], blob[-SIGNATURE_BYTES:]
-    return body, blob[start:start + header_len], body[start + header_len:], signature
+    """(body, header bytes, file data, signature) by the layout alone; nothing is trusted yet
+    (``device.signed_layout``)."""
+    try:
+        return split_signed(blob, MAGIC)
+    except LayoutError as exc:
+        hint = ("; make one with `gerbang-provision models sign`"
+                if not blob.startswith(MAGIC) else "")
+        raise ModelUpdateRefused(exc.kind, f"not a usable signed Gerbang model bundle: "
+                                 f"{exc}{hint}") from None
 
 
 def _slices(files: tuple[BundleFile, ...], data: bytes) -> dict[str, bytes] | None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -45,17 +44,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from device import signed_layout
 from device.keyfile import KEY_BYTES, key_id
 from device.roster import Roster, RosterError, roster_from_dict
+from device.signed_layout import LayoutError, split_signed
 
 MAGIC = b"gerbang-signed-roster/1\n"
-SIGNATURE_BYTES = 64
+SIGNATURE_BYTES = signed_layout.SIGNATURE_BYTES
 NONCE_BYTES = 12
 HEADER_FORMAT = 1
 PAYLOAD_CIPHER = "AES-256-GCM"
-_LENGTH = struct.Struct(">I")
+_LENGTH = signed_layout.LENGTH
 #: Headers are small; anything bigger is not ours (and is not parsed).
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = signed_layout.MAX_HEADER_BYTES
 
 # Reasons a gate refuses a roster (``RosterRefused.reason``), for logs and command replies.
 MALFORMED = "malformed"
@@ -165,21 +166,13 @@ def payload_aad(header_bytes: bytes) -> bytes:
 
 def _split(blob: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """(body, header bytes, payload, signature) by the layout alone; RosterRefused if it is not
-    one. The header length is unauthenticated here: only slicing is done with it."""
-    if not blob.startswith(MAGIC):
-        raise RosterRefused(MALFORMED, "not a signed Gerbang roster (it does not start with "
-                            f"{MAGIC!r}); a plain roster.json must be signed first with "
-                            "`gerbang-provision roster-sign`")
-    start = len(MAGIC) + _LENGTH.size
-    if len(blob) < start + SIGNATURE_BYTES:
-        raise RosterRefused(MALFORMED, f"file is cut short ({len(blob)} bytes)")
-    (header_len,) = _LENGTH.unpack_from(blob, len(MAGIC))
-    if header_len > MAX_HEADER_BYTES or start + header_len > len(blob) - SIGNATURE_BYTES:
-        # A changed length byte lands here; the signature would not have matched either.
-        raise RosterRefused(TAMPERED, f"header length {header_len} does not fit the file "
-                            f"({len(blob)} bytes): altered or cut short")
-    body, signature = blob[:-SIGNATURE_BYTES], blob[-SIGNATURE_BYTES:]
-    return body, blob[start:start + header_len], body[start + header_len:], signature
+    one (``device.signed_layout``)."""
+    try:
+        return split_signed(blob, MAGIC)
+    except LayoutError as exc:
+        hint = ("; a plain roster.json must be signed first with `gerbang-provision roster-sign`"
+                if not blob.startswith(MAGIC) else "")
+        raise RosterRefused(exc.kind, f"not a usable signed Gerbang roster: {exc}{hint}") from None
 
 
 def _claimed_signer(header_bytes: bytes) -> str | None:
