@@ -85,6 +85,10 @@ def status_topic(centre: str, device: str) -> str:
     return device_topic(centre, device, "status")
 
 
+#: Every leaf a device publishes under its own topic (the broker's ACL allows exactly these).
+DEVICE_PUBLISH_LEAVES = ("status", "events", "alarms", "telemetry", "cmd_ack")
+
+
 def subscription(centre: str = "+", leaf: str = "#") -> str:
     """Topic filter a gateway subscribes to (all devices of ``centre`` by default)."""
     return f"{TOPIC_ROOT}/{centre}/+/{leaf}"

@@ -30,11 +30,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from gerbang import wire
 from gerbang.wire import ID_PATTERN, TOPIC_ROOT
 from provisioning.pki import CA_CERT, CRL_FILE, GATEWAY_IDENTITY, PKIError, load_certificate
 
 #: What a device may publish under its own ``gerbang/v1/{centre}/{device}/``.
-DEVICE_PUBLISH_LEAVES = ("status", "events", "telemetry", "cmd_ack")
+DEVICE_PUBLISH_LEAVES = wire.DEVICE_PUBLISH_LEAVES
 DEFAULT_TLS_PORT = 8883
 
 

@@ -266,6 +266,12 @@ def test_devices_publish_own_events_and_gateway_receives_them(env, probes):
         topic = wire.events_topic(CENTRE, device)
         wait_until(lambda t=topic: gateway.received(t), what=f"gateway to get {topic}")
         assert gateway.received(topic) == [sent[device]]
+    # Every stream a gate publishes is allowed by the ACL: door alarms, telemetry, its birth
+    # and its command acknowledgements too (MQTT 5 PUBACK would say "not authorized").
+    probe = connected(probes, env.devices[DEV_A])
+    for leaf in wire.DEVICE_PUBLISH_LEAVES:
+        reason = probe.publish(wire.device_topic(CENTRE, DEV_A, leaf), b'{"schema":1}')
+        assert not reason.is_failure, (leaf, reason)
     # The broker knows each device by its certificate CN (use_identity_as_username).
     log = env.broker.log()
     assert f"as {DEV_A} (p5" in log and f"u'{DEV_A}'" in log
