@@ -290,7 +290,10 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
     @app.post("/api/users", tags=["auth"], status_code=201)
     def create_user(new: NewUser, user: Manager) -> dict[str, str]:
         """Create a dashboard account or reset one's password and role (managers only)."""
-        auth.add_user(store, new.username, new.password, new.role)
+        try:
+            auth.add_user(store, new.username, new.password, new.role)
+        except ValueError as exc:  # the rule the CLI applies too, e.g. a name of only "-"
+            raise HTTPException(422, str(exc)) from None
         store.audit(user["username"], "user_put", new.username, {"role": new.role})
         return {"username": new.username, "role": new.role}
 
