@@ -13,6 +13,10 @@ on ``cmd_ack`` with ``ok`` or a reason that names the bad field.
                    offset; ``"force": true`` allows a downgrade or a new embedder): signature,
                    every file's sha256, version, then a self-check; used from the next start of
                    the service, rolled back if it does not start (``device.model_update``)
+``config``         apply a new versioned ``device.toml`` (``{"version": N, "config": TOML}``):
+                   refused unless newer than the reported version, valid as a whole and with
+                   the same certificate-bound identity; swapped in atomically, then the
+                   service's workers restart with it (``device.config_push``)
 ``ping``           answer, to check the command path end to end
 =================  ==========================================================================
 
@@ -73,13 +77,15 @@ class CommandHandler:
     def __init__(self, session: str, data_dir: Path, grant: Callable[[], None],
                  record_alarm: Callable[[str, str | None], Any],
                  install_roster: Callable[[dict[str, Any]], str] | None = None,
-                 install_models: Callable[[dict[str, Any]], str] | None = None) -> None:
+                 install_models: Callable[[dict[str, Any]], str] | None = None,
+                 apply_config: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.session = session
         self.data_dir = data_dir
         self.grant = grant
         self.record_alarm = record_alarm
         self.install_roster = install_roster
         self.install_models = install_models
+        self.apply_config = apply_config
 
     def _cmd_roster(self, body: dict[str, Any]) -> str:
         if self.install_roster is None:
@@ -90,6 +96,11 @@ class CommandHandler:
         if self.install_models is None:
             raise CommandError("models: this gate takes no pushed model bundles")
         return self.install_models(body)
+
+    def _cmd_config(self, body: dict[str, Any]) -> str:
+        if self.apply_config is None:
+            raise CommandError("config: this gate takes no pushed config")
+        return self.apply_config(body)
 
     def handle(self, name: str, payload: bytes) -> CommandResult:
         """Run command ``name``; never raises (the reason goes back to the gateway)."""
@@ -110,7 +121,7 @@ class CommandHandler:
             handler = getattr(self, f"_cmd_{name}", None) if name.isidentifier() else None
             if handler is None:
                 raise CommandError(f"command: unknown {name[:40]!r} (known: unlock, "
-                                   "roster, models, session_close, wipe, ping)")
+                                   "roster, models, config, session_close, wipe, ping)")
             detail = handler(body)
             log.info("command %s done: %s", name, detail)
             return CommandResult(name, True, detail, command_id)

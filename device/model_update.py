@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device import signed_layout
+from device import chunks, signed_layout
 from device.infer.bundle import DEFAULT_BUNDLE_DIR, ModelBundle, ModelBundleError, load_bundle
 from device.roster_file import public_key_id
 from device.signed_layout import LayoutError, split_signed
@@ -117,7 +117,6 @@ _PART = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}"
 #: A file inside a bundle: one name, or one folder and a name (``LICENSES/MIT-YuNet.txt``). No
 #: leading dot, so never ``..``, and never absolute.
 _BUNDLE_PATH = re.compile(rf"^(?:{_PART}/)?{_PART}$")
-_NEXT_OFFSET = re.compile(r"next offset (\d+)")
 
 
 class ModelUpdateError(ModelBundleError):
@@ -871,67 +870,11 @@ def _upload_part(data_dir: Path, sha256: str) -> Path:
 
 
 def receive_chunk(data_dir: Path, body: dict[str, Any]) -> tuple[bytes | None, str]:
-    """Store one chunk of a chunked upload: (the whole archive once complete, else None; the
-    acknowledgement text, which names the next offset to send while incomplete).
-
-    Chunks are appended to ``<data_dir>/models/upload/<sha256>.part``: an upload survives
-    restarts and lost connections. A chunk the gate already has (a resend) is acknowledged
-    again; one past the end of what it holds is refused; both name the next offset. A new
-    upload (another sha256) discards any other unfinished one.
-    """
-    from device.commands import CommandError
-
-    sha, size, offset = body.get("sha256"), body.get("size"), body.get("offset")
-    encoded = body.get("chunk_b64")
-    if not isinstance(sha, str) or not _SHA256.match(sha):
-        raise CommandError("sha256: required, 64 lowercase hex (the whole archive's sha256)")
-    if type(size) is not int or not 0 < size <= MAX_ARCHIVE_BYTES:
-        raise CommandError(f"size: required, the archive's length in bytes (1.."
-                           f"{MAX_ARCHIVE_BYTES})")
-    if type(offset) is not int or offset < 0:
-        raise CommandError("offset: required, a whole number >= 0")
-    if not isinstance(encoded, str):
-        raise CommandError("chunk_b64: required, this chunk in base64")
-    try:
-        chunk = base64.b64decode(encoded, validate=True)
-    except ValueError:
-        raise CommandError("chunk_b64: not valid base64") from None
-    part = _upload_part(data_dir, sha)
-    part.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for other in part.parent.glob("*.part"):
-        if other != part:
-            other.unlink()
-            log.info("discarded unfinished model upload %s", other.name)
-    have = part.stat().st_size if part.exists() else 0
-    if have == 0:
-        free = shutil.disk_usage(part.parent).free
-        if free < SPACE_FACTOR * size:
-            raise CommandError(f"size: {size // 2**20} MB needs {SPACE_FACTOR * size // 2**20} "
-                               f"MB free in {part.parent}, there are {free // 2**20} MB")
-    if offset > have:
-        raise CommandError(f"offset: {offset}, but this gate holds {have} bytes of upload "
-                           f"{sha[:12]}…; next offset {have}")
-    if offset + len(chunk) > size:
-        raise CommandError(f"chunk_b64: runs to byte {offset + len(chunk)}, past size {size}")
-    if offset + len(chunk) > have:
-        with open(part, "ab") as fh:
-            fh.write(chunk[have - offset:])
-            fh.flush()
-            os.fsync(fh.fileno())
-        have = offset + len(chunk)
-    elif chunk:
-        return None, (f"already have {have} of {size} bytes of upload {sha[:12]}…; next "
-                      f"offset {have}")
-    if have < size:
-        return None, f"received {have} of {size} bytes of upload {sha[:12]}…; next offset {have}"
-    blob = part.read_bytes()
-    part.unlink()
-    actual = hashlib.sha256(blob).hexdigest()
-    if actual != sha:
-        raise CommandError(f"sha256: the {size} bytes received hash to {actual[:16]}…, not the "
-                           f"declared {sha[:16]}…: a chunk was damaged or mixed up; send the "
-                           "bundle again from offset 0")
-    return blob, ""
+    """Store one chunk of a chunked bundle upload (see :mod:`device.chunks`); the parts live in
+    ``<data_dir>/models/upload/``."""
+    blob, detail = chunks.receive_chunk(models_root(data_dir) / UPLOAD_DIR, body,
+                                        MAX_ARCHIVE_BYTES, SPACE_FACTOR, "upload")
+    return blob, "" if blob is not None else detail
 
 
 def push_handler(config: DeviceConfig) -> Callable[[dict[str, Any]], str]:
@@ -979,41 +922,22 @@ def push_handler(config: DeviceConfig) -> Callable[[dict[str, Any]], str]:
     return handle
 
 
-def next_offset(detail: str) -> int | None:
-    """The offset a chunk acknowledgement asks for next; None when the ack is the final result
-    (installed or refused)."""
-    match = _NEXT_OFFSET.search(detail or "")
-    return int(match.group(1)) if match else None
+next_offset = chunks.next_offset
 
 
 def command_body(blob: bytes, offset: int, chunk_bytes: int = CHUNK_BYTES,
                  force: bool = False) -> dict[str, Any]:
     """The ``models`` command body carrying the chunk of ``blob`` that starts at ``offset``."""
-    return {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob), "offset": offset,
-            "chunk_b64": base64.b64encode(blob[offset:offset + chunk_bytes]).decode(),
-            "force": force}
+    return {**chunks.chunk_body(blob, offset, chunk_bytes), "force": force}
 
 
 def push_model_bundle(send: Callable[[dict[str, Any]], dict[str, Any]], blob: bytes,
                       chunk_bytes: int = CHUNK_BYTES, force: bool = False,
                       start_offset: int = 0, max_retries: int = 5) -> dict[str, Any]:
-    """Send a signed bundle to one gate in chunks and return the final acknowledgement.
-
-    ``send(body)`` publishes one ``cmd/models`` command and returns its ``cmd_ack`` (as a dict).
-    Each ack names the next offset, so the sender resumes where the gate is, whatever it
-    thought: start at 0 after losing track and the gate answers where to continue.
-    """
-    offset, retries = start_offset, 0
-    while True:
-        ack = send(command_body(blob, offset, chunk_bytes, force))
-        wanted = next_offset(ack.get("detail", ""))
-        if wanted is None:
-            return ack
-        if not ack.get("ok"):
-            retries += 1
-            if retries > max_retries:
-                return ack
-        offset = wanted
+    """Send a signed bundle to one gate in chunks and return the final acknowledgement
+    (``send(body)`` publishes one ``cmd/models`` and returns its ``cmd_ack`` as a dict)."""
+    return chunks.push_in_chunks(send, blob, chunk_bytes, {"force": force}, start_offset,
+                                 max_retries)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import base64
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from device import chunks
 from device.config import DeviceConfig
 from device.infer.bundle import ModelBundle
 from device.keyfile import read_secret_key
@@ -21,6 +23,15 @@ from device.roster_file import load_roster_public_key
 from device.template_store import install_signed_roster, load_templates, stored_sessions, wipe
 
 log = logging.getLogger(__name__)
+
+#: Where a roster sent in chunks is assembled (inside the data directory: it is signed and
+#: encrypted for the room, like the files in ``incoming/``).
+ROSTER_UPLOAD_DIR = "roster-upload"
+#: A signed roster of a large hall (500 applicants × 3 templates) is well under 8 MB.
+MAX_ROSTER_BYTES = 32 * 1024 * 1024
+#: Chunk size the sender uses: small enough for a congested centre Wi-Fi and a broker's
+#: default message limits, large enough that a typical room's roster is one or two messages.
+ROSTER_CHUNK_BYTES = 256 * 1024
 
 
 class RosterSource:
@@ -67,21 +78,32 @@ class RosterSource:
             public_key=self.public_key, transport_key=self.transport_key, centre=ident.centre,
             session=ident.session, room=ident.room, embedder_sha256=self.embedder_sha256)
 
-    def push_handler(self, use: Callable[[Roster], None]) -> Callable[[dict[str, object]], str]:
-        """The ``roster`` command: ``{"roster_b64": …}`` → verify, store, start using it."""
+    def push_handler(self, use: Callable[[Roster], None]) -> Callable[[dict[str, Any]], str]:
+        """The ``roster`` command: ``{"roster_b64": …}``, or the signed roster in chunks
+        (``{"sha256", "size", "offset", "chunk_b64"}``, see :mod:`device.chunks`) → verify,
+        store encrypted, start using it."""
 
-        def handle(body: dict[str, object]) -> str:
+        def handle(body: dict[str, Any]) -> str:
             from device.commands import CommandError
 
             if not self.config.keys.signed_rosters:
                 raise CommandError("roster: this gate has no [keys]; it takes no pushed rosters")
-            encoded = body.get("roster_b64")
-            if not isinstance(encoded, str):
-                raise CommandError("roster_b64: required, the signed roster in base64")
-            try:
-                blob = base64.b64decode(encoded, validate=True)
-            except ValueError:
-                raise CommandError("roster_b64: not valid base64") from None
+            if "chunk_b64" in body:
+                blob, progress = chunks.receive_chunk(
+                    self.config.gate.data_dir / ROSTER_UPLOAD_DIR, body, MAX_ROSTER_BYTES,
+                    what="roster")
+                if blob is None:
+                    return progress
+            else:
+                encoded = body.get("roster_b64")
+                if not isinstance(encoded, str):
+                    raise CommandError("roster_b64: required, the signed roster in base64 (or "
+                                       "sha256, size, offset and chunk_b64 to send it in "
+                                       "chunks)")
+                try:
+                    blob = base64.b64decode(encoded, validate=True)
+                except ValueError:
+                    raise CommandError("roster_b64: not valid base64") from None
             try:
                 roster = self.install(blob)
             except RosterError as exc:

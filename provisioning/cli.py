@@ -761,6 +761,43 @@ def _cmd_roster_push(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _cmd_config_push(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from gerbang.config import BrokerConfig
+    from provisioning.push import config_sha256, push_config
+
+    if args.version < 1:
+        raise ConfigError(f"--version: must be >= 1, got {args.version}")
+    try:
+        text = args.config_file.read_text("utf-8")
+        gate = tomllib.loads(text).get("gate")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{args.config_file}: not UTF-8 text ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{args.config_file}: not valid TOML ({exc})") from None
+    if not isinstance(gate, dict):
+        raise ConfigError(f"{args.config_file}: gate: missing (the gate's [gate] table)")
+    # One device.toml names one gate; the gate would refuse another's, so stop here instead.
+    if gate.get("device_id") != args.device:
+        raise ConfigError(f"{args.config_file}: gate.device_id is {gate.get('device_id')!r}, "
+                          f"not {args.device!r}: each gate gets its own config file")
+    centre = gate.get("centre")
+    if not isinstance(centre, str) or args.centre not in (None, centre):
+        raise ConfigError(f"{args.config_file}: gate.centre is {centre!r}"
+                          + (f", not {args.centre!r}" if args.centre else ""))
+    broker = BrokerConfig(host=args.broker_host, port=args.broker_port, ca_file=args.ca_file,
+                          cert_file=args.cert_file, key_file=args.key_file)
+    print(f"desired: {args.device} config v{args.version} sha256 {config_sha256(text)}")
+    try:
+        r = push_config(broker, centre, args.device, text, args.version, timeout_s=args.timeout)
+    except OSError as exc:  # refused connection, unknown host, no subscription confirmed
+        raise RuntimeError(f"broker {args.broker_host}:{args.broker_port}: {exc}") from None
+    state = {True: "applied", False: "REFUSED", None: "NOT CONFIRMED"}[r.ok]
+    print(f"{r.device_id:24s} {state:14s} {r.detail}")
+    return 0 if r.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; help texts are written for the technician on site."""
     parser = argparse.ArgumentParser(
@@ -963,6 +1000,38 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
     push.add_argument("--timeout", type=float, default=30.0,
                       help="seconds to wait for the acknowledgements (default 30)")
     push.set_defaults(func=_cmd_roster_push)
+
+    cpush = sub.add_parser(
+        "config-push", help="send a gate a new version of its device.toml and confirm it",
+        description="Publish a gate's whole device.toml, with a version number, over MQTT and "
+                    "wait for the gate's acknowledgement. The version and the file's sha256 "
+                    "are the desired config (printed first); the gate answers `applied` once "
+                    "it has swapped the file in and restarted its workers with it (its reported "
+                    "config, also in its status message), or REFUSED with the reason: a version "
+                    "not newer than the one it runs, a file that is not TOML or not a valid "
+                    "config (the field is named), or a changed device_id, centre or data_dir "
+                    "(re-provision for those). A gate that is offline gets the config when it "
+                    "reconnects and is listed as NOT CONFIRMED. Use the gateway's certificate. "
+                    "Exit code 0 only when the gate applied it.",
+        epilog="Example: gerbang-provision config-push --config-file devices/c01-r01-a/"
+               "device.toml --version 2 --device c01-r01-a --broker-host broker.c01.lan "
+               "--ca-file ca/ca.pem --cert-file gateway/gateway.pem --key-file "
+               "gateway/gateway.key")
+    cpush.add_argument("--config-file", type=Path, required=True,
+                       help="the gate's whole new device.toml (its [gate] device_id must be "
+                            "--device)")
+    cpush.add_argument("--version", type=int, required=True,
+                       help="config version; must be higher than the one the gate reports")
+    cpush.add_argument("--device", required=True, help="the gate id, e.g. c01-r01-a")
+    cpush.add_argument("--centre", help="centre id (default: [gate] centre of the file)")
+    cpush.add_argument("--broker-host", default="127.0.0.1")
+    cpush.add_argument("--broker-port", type=int, default=8883)
+    cpush.add_argument("--ca-file", type=Path, help="centre CA (turns TLS on)")
+    cpush.add_argument("--cert-file", type=Path, help="the gateway's certificate")
+    cpush.add_argument("--key-file", type=Path, help="the gateway's key")
+    cpush.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds to wait for the acknowledgement (default 30)")
+    cpush.set_defaults(func=_cmd_config_push)
     return parser
 
 

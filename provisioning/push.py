@@ -1,14 +1,16 @@
-"""Push a signed roster to a room's gates over MQTT and wait for each gate's acknowledgement.
+"""Push a command (a signed roster, a versioned config) to gates over MQTT and wait for each
+gate's acknowledgement.
 
-The technician (or the gateway host) publishes the signed roster on each gate's
+The technician (or the gateway host) publishes e.g. the signed roster on each gate's
 ``cmd/roster`` topic at QoS 1 with a fresh ``command_id``, and listens on the gates'
-``cmd_ack``. A gate that is offline gets the roster from its persistent session when it comes
+``cmd_ack``. A gate that is offline gets the command from its persistent session when it comes
 back; until then it is reported as *not confirmed*, never as done.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -33,8 +35,69 @@ class PushResult:
 
 
 def push_roster(broker: BrokerConfig, centre: str, devices: list[str], signed_roster: bytes,
-                timeout_s: float = 30.0) -> list[PushResult]:
-    """Send ``signed_roster`` to every gate in ``devices``; one PushResult per gate."""
+                timeout_s: float = 30.0,
+                chunk_bytes: int | None = None) -> list[PushResult]:
+    """Send ``signed_roster`` to every gate in ``devices``; one PushResult per gate.
+
+    A roster larger than one chunk (``ROSTER_CHUNK_BYTES`` by default) goes to each gate in
+    resumable chunks, each acknowledged with the offset the gate wants next; the gate verifies
+    the signature only once it holds the whole file.
+    """
+    from device.chunks import push_in_chunks
+    from device.roster_source import ROSTER_CHUNK_BYTES
+
+    hint = "it gets the roster when it reconnects"
+    chunk_bytes = chunk_bytes or ROSTER_CHUNK_BYTES
+    if len(signed_roster) <= chunk_bytes:
+        return push_command(broker, centre, devices, "roster",
+                            {"roster_b64": base64.b64encode(signed_roster).decode()},
+                            timeout_s, offline_hint=hint)
+    results = []
+    for device in devices:
+        last: list[PushResult] = []
+
+        def send(body: dict[str, Any], device: str = device,
+                 last: list[PushResult] = last) -> dict[str, Any]:
+            (answer,) = push_command(broker, centre, [device], "roster", body, timeout_s,
+                                     offline_hint=hint)
+            last[:] = [answer]
+            return {"ok": answer.ok, "detail": answer.detail}
+
+        push_in_chunks(send, signed_roster, chunk_bytes)
+        results.append(last[0])
+    return results
+
+
+def config_sha256(config_text: str) -> str:
+    """sha256 of a config as the gate stores and reports it (its UTF-8 bytes, unchanged)."""
+    return hashlib.sha256(config_text.encode("utf-8")).hexdigest()
+
+
+def push_config(broker: BrokerConfig, centre: str, device: str, config_text: str,
+                version: int, timeout_s: float = 30.0) -> PushResult:
+    """Send one gate its whole ``device.toml`` as config ``version`` (the desired config).
+
+    The gate answers ``ok`` once the file is swapped in and its workers restart with it (its
+    reported config is then this version and ``config_sha256(config_text)``), or refuses with
+    the reason: version not newer, invalid TOML or config, changed identity.
+    """
+    (result,) = push_command(
+        broker, centre, [device], "config", {"version": version, "config": config_text},
+        timeout_s, offline_hint="it applies the config when it reconnects, unless a newer "
+                                "version reaches it first")
+    return result
+
+
+def push_command(broker: BrokerConfig, centre: str, devices: list[str], command: str,
+                 body: dict[str, Any], timeout_s: float = 30.0,
+                 offline_hint: str = "it gets the command when it reconnects",
+                 ) -> list[PushResult]:
+    """Publish ``cmd/{command}`` with ``body`` to every gate and wait for their ``cmd_ack``.
+
+    The subscription to the acknowledgements is confirmed before anything is published, so a
+    fast gate's answer cannot be missed. Each gate's first acknowledgement of this command_id
+    counts (MQTT may deliver the command twice; the second answer is about the redelivery).
+    """
     command_id = uuid.uuid4().hex
     acks: dict[str, dict[str, Any]] = {}
     done = threading.Condition()
@@ -43,12 +106,12 @@ def push_roster(broker: BrokerConfig, centre: str, devices: list[str], signed_ro
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            body = json.loads(msg.payload)
+            ack = json.loads(msg.payload)
         except ValueError:
             return
-        if isinstance(body, dict) and body.get("command_id") == command_id:
+        if isinstance(ack, dict) and ack.get("command_id") == command_id:
             with done:
-                acks[wire.parse_topic(msg.topic).device] = body
+                acks.setdefault(wire.parse_topic(msg.topic).device, ack)
                 done.notify_all()
 
     client.on_message = on_message
@@ -60,10 +123,9 @@ def push_roster(broker: BrokerConfig, centre: str, devices: list[str], signed_ro
         if not subscribed.wait(10):
             raise TimeoutError(f"broker {broker.host}:{broker.port} did not confirm the "
                                "subscription to the gates' acknowledgements")
-        payload = json.dumps({"schema": wire.SCHEMA_VERSION, "command_id": command_id,
-                              "roster_b64": base64.b64encode(signed_roster).decode()})
+        payload = json.dumps({"schema": wire.SCHEMA_VERSION, "command_id": command_id, **body})
         for device in devices:
-            client.publish(wire.device_topic(centre, device, "cmd/roster"), payload,
+            client.publish(wire.device_topic(centre, device, f"cmd/{command}"), payload,
                            qos=1).wait_for_publish(10)
         deadline = time.monotonic() + timeout_s
         with done:
@@ -73,5 +135,5 @@ def push_roster(broker: BrokerConfig, centre: str, devices: list[str], signed_ro
         client.loop_stop()
         client.disconnect()
     return [PushResult(d, acks[d]["ok"], str(acks[d].get("detail", ""))) if d in acks else
-            PushResult(d, None, f"no acknowledgement within {timeout_s:.0f}s (offline? it gets "
-                                "the roster when it reconnects)") for d in devices]
+            PushResult(d, None, f"no acknowledgement within {timeout_s:.0f}s (offline? "
+                                f"{offline_hint})") for d in devices]
