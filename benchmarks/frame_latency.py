@@ -5,7 +5,10 @@ Replays face photos as a 30 fps camera into the real device pipeline (YuNet, Fac
 
 - ``in_order``: every frame read in order (what a plain queue between camera and gate does);
 - ``newest_wins``: the camera runs on its own thread and the gate takes the newest frame
-  (``device.capture.newest``, what the service does for live cameras).
+  (``device.capture.newest``, what ``run --single-process`` does for live cameras);
+- ``processes``: the capture process publishes over ZeroMQ with CONFLATE and the check-in reads
+  the newest frame (``device.processes.capture`` → ``device.capture.bus``, what the service
+  does).
 
 Prints JSON: frame-to-decision latency p50/p95/max (decision time minus capture time), frames
 judged and dropped, and how latency grew from the first to the last quarter of the run.
@@ -76,6 +79,40 @@ def run(pipeline: FacePipeline, source: QueuedCamera | NewestFrameSource,
             "last_quarter_mean_ms": round(float(values[-quarter:].mean()), 1)}
 
 
+def _capture_process(path: str, fps: float, bus_path: str, seconds: float) -> None:
+    from device.bus import Bus
+    from device.config import CaptureConfig
+    from device.processes.capture import run_capture
+
+    stop = threading.Event()
+    threading.Timer(seconds + 5, stop.set).start()
+    run_capture(CaptureConfig(source="replay", path=Path(path), fps=fps, realtime=True),
+                Bus(Path(bus_path)), stop)
+
+
+def run_processes(pipeline: FacePipeline, frames_dir: Path, fps: float,
+                  seconds: float) -> dict[str, Any]:
+    """The capture as its own process, frames over ipc:// (newest wins)."""
+    import multiprocessing
+
+    from device.bus import Bus
+    from device.capture.bus import BusFrameSource
+
+    with tempfile.TemporaryDirectory(prefix="gb-") as bus_path:
+        stop = threading.Event()
+        source = BusFrameSource(Bus(Path(bus_path)), paced=False, stop=stop)
+        camera = multiprocessing.get_context("spawn").Process(
+            target=_capture_process, args=(str(frames_dir), fps, bus_path, seconds))
+        camera.start()
+        result = run(pipeline, source, seconds)
+        stop.set()
+        camera.terminate()
+        camera.join()
+    # Frames the camera produced while the gate was busy were replaced, never queued.
+    result["dropped"] = max(int(fps * seconds) - result["judged"], 0)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(os.environ.get("GERBANG_DATA", "../shared/data")) / "faces" / "celeba"
@@ -97,6 +134,7 @@ def main() -> None:
             "newest_wins": run(pipeline, NewestFrameSource(ReplaySource(Path(tmp),
                                                                          fps=args.fps)),
                                args.seconds),
+            "processes": run_processes(pipeline, Path(tmp), args.fps, args.seconds),
             "load_average": list(os.getloadavg())}
     print(json.dumps(result))
 

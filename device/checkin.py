@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from device.alarms import record_alarm
 from device.capture import Frame, FrameSource
 from device.card import read_card
 from device.config import GateIdentity
@@ -175,15 +176,7 @@ class CheckinLoop:
 
     def record_alarm(self, alarm: str, detail: str | None = None) -> int:
         """Commit an alarm to the outbox (same durable queue and seq as the events)."""
-        ident = self.identity
-
-        def build(seq: int) -> tuple[str, bytes]:
-            message = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id=ident.device_id,
-                                      centre=ident.centre, seq=seq, ts=wire.utc_now_iso(),
-                                      alarm=alarm, detail=detail)
-            return wire.alarms_topic(ident.centre, ident.device_id), message.to_json()
-
-        seq = self.outbox.append(build)
+        seq = record_alarm(self.outbox, self.identity, alarm, detail)
         self.on_recorded()
         return seq
 

@@ -21,13 +21,51 @@ log = logging.getLogger("device")
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from device.config import load_device_config
-    from device.service import run_device
 
     config = load_device_config(args.config)
     setup_logging(config.gate.device_id, args.verbose)
-    result = run_device(config)
+    if args.single_process:
+        from device.service import run_device
+
+        result = run_device(config)
+    else:
+        from device.processes.supervisor import run_supervised
+
+        result = run_supervised(args.config, verbose=args.verbose)
     if args.json:
         print(json.dumps(result))
+    return 2 if "refused_by" in result else 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import threading
+
+    from device.bus import Bus, bus_dir
+    from device.config import load_device_config
+    from device.processes import stop_on_signals, write_result
+
+    config = load_device_config(args.config)
+    setup_logging(f"{config.gate.device_id}/{args.name}", args.verbose)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    bus = Bus(bus_dir(config.gate.data_dir))
+    if args.name == "gate":
+        from device.processes.gate import run_gate
+
+        result = run_gate(config, bus, stop)
+    elif args.name == "uplink":
+        from device.processes.uplink import run_uplink
+
+        result = run_uplink(config, bus, stop, args.config)
+    elif args.name == "checkin":
+        from device.processes.checkin import run_checkin
+
+        result = run_checkin(config, bus, stop)
+    else:
+        from device.processes.capture import run_capture
+
+        result = run_capture(config.capture, bus, stop)
+    write_result(bus.directory, args.name, result)
     return 0
 
 
@@ -200,7 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Stops at SIGTERM/Ctrl-C, or when a replay source ends.")
     run.add_argument("--config", type=Path, required=True, help="device TOML config file")
     run.add_argument("--json", action="store_true", help="print the run's counters as JSON")
+    run.add_argument("--single-process", action="store_true",
+                     help="run capture, check-in, gate and uplink as threads of one process "
+                          "(development; the default is four supervised processes)")
     run.set_defaults(func=_cmd_run)
+    worker = sub.add_parser("worker", help="one of the gate's processes (started by `run`)",
+                            description="Runs one worker of the gate service; `run` starts "
+                                        "and supervises all four. For debugging one worker.")
+    worker.add_argument("name", choices=["gate", "uplink", "checkin", "capture"])
+    worker.add_argument("--config", type=Path, required=True, help="device TOML config file")
+    worker.set_defaults(func=_cmd_worker)
     selftest = sub.add_parser(
         "selftest", help="check this gate after installing it: a pass/fail table",
         description="Checks, one line each: the config; the clock (against the gateway's, "

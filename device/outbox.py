@@ -37,10 +37,12 @@ class PendingEvent:
 
 
 class Outbox:
-    """Durable FIFO of outgoing events, shared by the check-in loop and the uplink thread.
+    """Durable FIFO of outgoing events, shared by the check-in loop and the uplink thread, and
+    by the gate's processes (each opens its own ``Outbox`` on the same file).
 
-    One connection guarded by a lock: writes are a few per second at a door, and a single writer
-    keeps ``seq`` assignment trivially race-free.
+    One connection per process guarded by a lock; between processes, SQLite's write lock
+    (``BEGIN IMMEDIATE``) makes ``seq`` assignment race-free. Writes are a few per second at a
+    door, so waiting for that lock costs nothing.
     """
 
     #: Default bound: about 80 MB of ~400-byte events, weeks of a busy gate with no network.
@@ -52,7 +54,9 @@ class Outbox:
                  on_near_full: Callable[[int], None] | None = None) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(path)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # timeout: how long a write waits for another process's transaction to finish.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -99,8 +103,11 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._depth += 1
+            self._depth = self._count()  # other processes append and remove too
             return seq
+
+    def _count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     def pending(self, after_seq: int = -1, limit: int = 100) -> list[PendingEvent]:
         """Oldest events with ``seq`` greater than ``after_seq``, in seq order."""
@@ -122,7 +129,7 @@ class Outbox:
             self._db.execute("UPDATE counters SET value = value + ? WHERE name='acked'",
                              (removed,))
             self._db.execute("COMMIT")
-            self._depth -= removed
+            self._depth = self._count()
             if self._depth < self.REARM * self.max_events:
                 self._alarm_armed = True
             return removed
@@ -130,6 +137,7 @@ class Outbox:
     def depth(self) -> int:
         """Events not yet acknowledged by the broker."""
         with self._lock:
+            self._depth = self._count()
             return self._depth
 
     def counters(self) -> dict[str, int]:

@@ -182,6 +182,14 @@ class Uplink:
                         self._inflight[info.mid] = event.seq
                     self._last_sent = event.seq
 
+    def update_birth(self, birth: dict[str, Any]) -> None:
+        """Replace the retained birth message (models or roster changed); re-published now if
+        connected, else on the next connect."""
+        self.birth = dict(birth)
+        if self._connected.is_set():
+            self.client.publish(self.status_topic, wire.status_payload(True, **self.birth),
+                                qos=1, retain=True)
+
     def notify(self) -> None:
         """Tell the uplink a new event is in the outbox (publish now, not at the next poll)."""
         self._wake.set()

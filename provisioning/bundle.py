@@ -737,11 +737,15 @@ if [ ! -f "$etc/tls/{dev}.key" ]; then
     echo "  gerbang-provision device csr-command {dev}) before the gate can connect." >&2
 fi
 if [ -z "$dest" ] && [ "$(id -u)" = 0 ] && id "$user" >/dev/null 2>&1; then
+    # The service replaces device.toml itself when the gateway pushes a config: it owns the file
+    # and its folder (systemd lets it write /etc/gerbang and /var/lib/gerbang, nothing else).
+    chown "$user:$user" "$etc" "$etc/device.toml"
     chown -R "$user:$user" "$etc/tls" "$etc/keys" "$data"
     echo "gate {dev}: files installed under $etc and $data, owned by $user"
 else
     echo "gate {dev}: files installed under $etc and $data"
     echo "NOTE: not owned by the '$user' service user yet; on the Pi run:" >&2
+    echo "  sudo chown $user:$user {etc} {etc}/device.toml" >&2
     echo "  sudo chown -R $user:$user {etc}/tls {etc}/keys {data}" >&2
 fi
 echo "next: sudo -u $user {DEFAULT_VENV}/bin/gerbang-device selftest --config {etc}/device.toml"

@@ -110,8 +110,12 @@ def test_frames_without_faces_and_broken_files_are_reported_not_fatal(tmp_path, 
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result.pop("peak_rss_mb") > 50
-    assert result == {"accepted": 0, "refused": 0, "no_face": 2, "published": 2,
-                      "outbox_depth": 0}
+    # Nothing crashed: no worker of the service needed a restart for a bad frame.
+    assert result["restarts"] == {"gate": 0, "uplink": 0, "checkin": 0, "capture": 0}
+    counters = {k: result[k] for k in ("accepted", "refused", "no_face", "published",
+                                       "outbox_depth")}
+    assert counters == {"accepted": 0, "refused": 0, "no_face": 2, "published": 2,
+                        "outbox_depth": 0}
     assert "cannot decode" in proc.stderr and "02-broken.jpg" in proc.stderr
     deadline = time.monotonic() + 10
     while gateway_proc.get("/api/stats")["events"] < 2 and time.monotonic() < deadline:

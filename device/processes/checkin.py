@@ -1,0 +1,176 @@
+"""The check-in process: judges frames from the capture process, records every decision,
+then asks the gate process to open; serves the gateway commands that need the roster."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from device import bus as busmod
+from device import model_update
+from device.bus import Bus
+from device.capture.bus import BusFrameSource
+from device.checkin import CheckinLoop, MatchPolicy
+from device.commands import CommandHandler, CommandResult
+from device.config import DeviceConfig
+from device.gate.remote import RemoteDoor
+from device.infer.bundle import calibrated_threshold
+from device.infer.pipeline import FacePipeline
+from device.outbox import Outbox
+from device.processes.capture import is_paced
+from device.roster_source import RosterSource
+from device.service import _liveness_gate, open_screen, peak_rss_mb, watch_uplink
+
+log = logging.getLogger(__name__)
+
+#: Status is published at most this often on progress (and at least this often without).
+STATUS_EVERY_S = 0.5
+
+
+class UplinkState:
+    """Whether the uplink process says the broker is connected (for the applicant screen)."""
+
+    def __init__(self, bus: Bus, stop: threading.Event) -> None:
+        self.connected = False
+        self._sock = busmod.newest_wins_subscriber(bus, busmod.UPLINK_STATUS)
+        self._stop = stop
+        threading.Thread(target=self._follow, name="uplink-state", daemon=True).start()
+
+    def _follow(self) -> None:
+        silent_since = time.monotonic()
+        while not self._stop.is_set():
+            message = busmod.recv_json(self._sock, 500)
+            if message is not None:
+                self.connected, silent_since = bool(message.get("connected")), time.monotonic()
+            elif time.monotonic() - silent_since > 3.0:
+                self.connected = False  # the uplink process itself is gone
+
+
+class StatusPublisher:
+    """What the uplink (telemetry, birth) and the supervisor (watchdog) need from check-in."""
+
+    def __init__(self, bus: Bus, fields: dict[str, Any]) -> None:
+        self._sock = busmod.newest_wins_publisher(bus, busmod.CHECKIN_STATUS)
+        self.fields = fields
+        self.loop: CheckinLoop | None = None
+        self.started = time.monotonic()
+        self.progress_at: float | None = None
+        self._sent_at = 0.0
+        self._lock = threading.Lock()  # the loop and the heartbeat thread both publish
+
+    def progressed(self) -> None:
+        """Called after each frame: the watchdog's proof that the pipeline advances."""
+        self.progress_at = time.monotonic()
+        if self.progress_at - self._sent_at >= STATUS_EVERY_S:
+            self.publish()
+
+    def publish(self) -> None:
+        loop = self.loop
+        latencies = sorted(loop.latencies_ms) if loop else []
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        status = {**self.fields, "progress_at": self.progress_at,
+                  "frames": loop.frames if loop else 0,
+                  "fps": round(loop.frames / elapsed, 2) if loop else 0.0,
+                  "decisions": dict(loop.counts) if loop else {},
+                  "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None,
+                  "latency_p95_ms": latencies[int(len(latencies) * 0.95)] if latencies else None,
+                  "roster_version": loop.roster.version if loop else None,
+                  "checkin_peak_rss_mb": peak_rss_mb()}
+        with self._lock:
+            self._sent_at = time.monotonic()
+            busmod.send_json(self._sock, status)
+
+    def heartbeat(self, stop: threading.Event) -> None:
+        """Publish at least every STATUS_EVERY_S (the uplink's telemetry reads the latest)."""
+
+        def beat() -> None:
+            while not stop.wait(STATUS_EVERY_S):
+                self.publish()
+
+        threading.Thread(target=beat, name="checkin-status", daemon=True).start()
+
+
+def serve_commands(bus: Bus, handler: CommandHandler, stop: threading.Event) -> None:
+    """Answer the uplink's forwarded commands (``[name, payload]`` → the result's JSON)."""
+    sock = bus.bind(zmq.REP, busmod.COMMANDS)
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not sock.poll(200):
+                continue
+            name, payload = sock.recv_multipart()
+            sock.send(handler.handle(name.decode(errors="replace"), payload).to_json())
+
+    threading.Thread(target=serve, name="commands", daemon=True).start()
+
+
+def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[str, Any]:
+    """Load models and roster, then judge frames until the source ends or ``stop``."""
+    ident = config.gate
+    bundle, confirm_models = model_update.bundle_for_start(config)
+    rosters = RosterSource(config, bundle)
+    roster = rosters.load()
+    if (roster.session, roster.room) != (ident.session, ident.room):
+        log.warning("roster is for session %s room %s but this gate is session %s room %s",
+                    roster.session, roster.room, ident.session, ident.room)
+    pipeline = FacePipeline.from_bundle(bundle, config.models.threads, config.models.runtime)
+    pipeline.flip_average = config.match.flip_average
+    gallery = roster.gallery()
+    threshold = (config.match.threshold if config.match.threshold is not None else
+                 calibrated_threshold(bundle, gallery.score_kind, config.match.target_far))
+    log.info("models verified and loaded (%s); roster v%d with %d applicants; %s scores, "
+             "threshold %.3f (FAR %g)%s",
+             ", ".join(f"{k}={v[:12]}" for k, v in bundle.hashes().items()),
+             roster.version, len(roster.entries), gallery.score_kind, threshold,
+             config.match.target_far, "" if config.match.threshold is None else " [override]")
+    liveness = _liveness_gate(config, bundle)
+
+    door = RemoteDoor(bus)
+    outbox = Outbox(config.outbox_path)
+    nudge = busmod.sender(bus, busmod.UPLINK)
+    screen = open_screen(config.screen)
+    if screen is not None:
+        watch_uplink(UplinkState(bus, stop), screen, stop)  # type: ignore[arg-type]
+    status = StatusPublisher(bus, {"ready": False, "models": bundle.hashes()})
+    loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
+                       config.quality, door, outbox, ident,
+                       on_recorded=lambda: busmod.send_json(nudge, {"op": "outbox"}),
+                       liveness=liveness, screen=screen)
+    status.loop = loop
+    # Only the roster command needs this process (it swaps the roster the loop judges
+    # against); the uplink process runs the others itself.
+    handler = CommandHandler(ident.session, ident.data_dir, door.grant, loop.record_alarm,
+                             rosters.push_handler(loop.use_roster), None)
+    serve_commands(bus, handler, stop)
+    source = BusFrameSource(bus, is_paced(config.capture), stop)
+    confirm_models()
+    status.fields["ready"] = True
+    status.publish()
+    status.heartbeat(stop)
+    try:
+        loop.run(source, should_stop=stop.is_set, progressed=status.progressed)
+    finally:
+        source.close()
+        if screen is not None:
+            screen.close()
+        door.close()
+        nudge.close()
+        outbox.close()
+    return {**loop.counts, "frames": loop.frames, "door_unsent": door.unsent,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def command_result_from(name: str, reply: bytes | None) -> CommandResult:
+    """The uplink's view of a forwarded command's reply (None: the check-in did not answer)."""
+    import json
+
+    if reply is None:
+        return CommandResult(name[:40], False, "check-in process did not answer (it may be "
+                             "restarting); send the command again")
+    body = json.loads(reply)
+    return CommandResult(body.get("command", name), bool(body.get("ok")),
+                         str(body.get("detail", "")), body.get("command_id"))
