@@ -403,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     day.add_argument("--camera-fps", type=float, default=None,
                      help="frame rate of each simulated camera (default 1)")
     day.add_argument("--seed", type=int, default=7, help="who does what, and when")
+    day.add_argument("--plain-mqtt", action="store_true",
+                     help="for debugging only: plain MQTT with the local broker config instead "
+                          "of the provisioned centre's mutual TLS (the default)")
     return parser
 
 
@@ -432,7 +435,7 @@ def _exam_day(args: argparse.Namespace) -> int:
                 "proxies", "proxies_admitted", "strangers", "strangers_admitted",
                 "photo_attacks", "photo_attacks_admitted", "present", "late", "absent",
                 "proctor_admits", "events_stored", "faults", "faults_survived", "latency_ms",
-                "peak_ram_mb", "wall_s", "window_s", "report", "workdir")
+                "peak_ram_mb", "wall_s", "window_s", "transport", "report", "workdir")
         print(json.dumps({k: result[k] for k in keys}))
     else:
         equal = "equal to" if result["attendance_matches"] else "DIFFERENT from"

@@ -25,15 +25,25 @@ Time is compressed: the doors-open window of :data:`REAL_WINDOW_S` runs in ``--w
 so do the network cut (5 minutes) and a Pi's boot. The gates' MQTT keep-alive is shortened to
 :data:`GATE_KEEPALIVE_S` for the same reason. Liveness is off (the gates replay stills), so a
 photo attack here shows the applicant's own enrollment photo and is reported as what it is;
-liveness is measured by ``gerbang-device pad-eval`` (docs/liveness.md). MQTT runs in the clear
-on loopback with the project's local Mosquitto config; see docs/rehearsal.md for switching to the
-centre's mutual-TLS config once provisioning bundles exist.
+liveness is measured by ``gerbang-device pad-eval`` (docs/liveness.md).
+
+Transport. By default the centre is provisioned as a technician does, with the project's own
+provisioning code (:func:`provision_centre`): a throwaway centre CA, the broker's server
+certificate, the gateway's client certificate, one client certificate per gate (its key made in
+the gate's own folder, only the CSR signed by the CA), and the generated Mosquitto config
+(``provisioning.broker_config``: one mutual-TLS listener, ``require_certificate``, CRL, per-device
+ACL). Mosquitto runs that config (also after the fault restarts it), and the gateway and every
+gate connect with their certificate. All of it lives in the run directory, and the private keys
+are deleted when the run ends. ``--plain-mqtt`` (for debugging only) keeps the project's local
+plain-MQTT loopback config instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import getpass
+import hashlib
 import json
 import logging
 import os
@@ -41,8 +51,10 @@ import random
 import re
 import select
 import shutil
+import signal
 import socket
 import sqlite3
+import ssl
 import struct
 import subprocess
 import sys
@@ -472,6 +484,27 @@ def _replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def workers_of(supervisor_pid: int) -> dict[str, int]:
+    """``{worker name: pid}`` of a gate supervisor's live children (``… worker NAME …``)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == supervisor_pid and b"worker" in argv[:-1]:
+            found[argv[argv.index(b"worker") + 1].decode()] = int(entry.name)
+    return found
+
+
+#: The check-in worker's line once it judges frames again (after a start or a restart).
+CHECKIN_READY = b"matching against roster"
+
+
 class GateRig:
     """One simulated gate: its folders, config, device-service process, camera feed and log.
 
@@ -515,21 +548,50 @@ class GateRig:
     def start(self, env: dict[str, str]) -> None:
         """Start the device service (``python -m device.cli run``), logging to its own file."""
         with open(self.log_path, "ab") as out:
+            # Its own process group: a power cut takes the supervisor and every worker at once.
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "device.cli", "run", "--config", str(self.config)],
-                stdout=out, stderr=out, env=env)
+                stdout=out, stderr=out, env=env, start_new_session=True)
         self.alive = True
         self.starts.append(time.monotonic())
 
     def kill(self) -> int | None:
-        """``kill -9`` the service (no shutdown, no flush); returns its pid."""
+        """Power cut: ``kill -9`` the supervisor and all its workers at once (no shutdown, no
+        flush, no child told); returns the supervisor's pid."""
         self.alive = False
         self.up.clear()
         if self.process is None or self.process.poll() is not None:
             return None
-        self.process.kill()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process.wait()
         return self.process.pid
+
+    def workers(self) -> dict[str, int]:
+        """``{worker name: pid}`` of the service's live worker processes (from /proc)."""
+        return workers_of(self.process.pid) if self.process is not None else {}
+
+    def kill_worker(self, name: str) -> int | None:
+        """``kill -9`` one worker process of the service; its supervisor restarts it."""
+        pid = self.workers().get(name)
+        if pid is None:
+            return None
+        self.alive = False
+        self.up.clear()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def log_count(self, needle: bytes) -> int:
+        """How many times ``needle`` appears in the gate's log so far."""
+        try:
+            return self.log_path.read_bytes().count(needle)
+        except OSError:
+            return 0
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (the service closes its outbox and uplink), SIGKILL if it hangs."""
@@ -822,8 +884,11 @@ def _api(base_url: str, method: str, path: str, token: str | None = None,
 
 
 def _login(base_url: str, username: str, password: str) -> str:
+    # Argon2id on purpose costs CPU and memory; with 40 gates starting on two cores (and other
+    # work on a shared machine) a login can take far longer than an ordinary call.
     return _api(base_url, "POST", "/api/login", body={"username": username,
-                                                     "password": password})["token"]
+                                                     "password": password},
+                timeout=90.0)["token"]
 
 
 # ---- the morning: doors, proctors, faults, measurements ----------------------------------------
@@ -1027,7 +1092,8 @@ def plan_faults(plan: Plan, window_s: float) -> list[Fault]:
     cut_at = 0.32 * window_s
     return [
         Fault("gate_kill", 0.10 * window_s, busiest(0.10 * window_s, 0.2 * window_s),
-              RESTART_SEC, "gate process killed (kill -9), restarted as systemd does"),
+              RESTART_SEC, "a gate's check-in process killed (kill -9) mid-decision; the "
+              "gate's own supervisor restarts it"),
         Fault("broker_restart", 0.22 * window_s, "mosquitto", 1.0,
               "broker restarted (systemctl restart mosquitto)"),
         Fault("network_cut", cut_at, busiest(cut_at, cut_at + cut_s), cut_s,
@@ -1072,9 +1138,35 @@ def _wait_for(predicate: Any, timeout: float, stop: threading.Event) -> bool:
 def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: GatewayRunner,
             link: CuttableLink | None, env: dict[str, str],
             samples: list[dict[str, Any]]) -> None:
-    if fault.kind in ("gate_kill", "gate_power_cut"):
+    if fault.kind == "gate_kill":
         rig = morning.rigs[fault.target]
-        # Aim at the worst moment: an applicant's frame taken, the decision not yet read.
+        # Aim at the worst moment: an applicant's frame taken, the decision not yet read. The
+        # process that holds it is the check-in worker; the gate's supervisor restarts it.
+        busy = rig.deciding.wait(min(30.0, 0.1 * morning.window_s))
+        fault.started_s = morning.rel()
+        before = rig.read_outbox() or {}
+        ready_before = rig.log_count(CHECKIN_READY)
+        pid = rig.kill_worker("checkin")
+        deadline = time.monotonic() + 180
+        while (rig.log_count(CHECKIN_READY) <= ready_before and time.monotonic() < deadline
+               and not morning.stop.is_set()):
+            time.sleep(0.1)
+        fault.ended_s = morning.rel()
+        rig.alive = True  # the camera's next read of the feed sets rig.up
+        if rig.up.wait(60):
+            fault.recovered_s = morning.rel()
+        after = rig.read_outbox() or {}
+        new_pid = rig.workers().get("checkin")
+        fault.detail = (("killed while an applicant's frame was being judged"
+                         if busy else "killed while nobody was at the door") +
+                        f"; check-in worker pid {pid} killed with SIGKILL; the gate's "
+                        f"supervisor restarted it (pid {new_pid}), judging again after "
+                        f"{fault.ended_s - (fault.started_s or 0):.1f} s; the door, uplink and "
+                        f"camera workers ran on; its outbox's next seq was "
+                        f"{before.get('appended', '?')} before and "
+                        f"{after.get('appended', '?')} after")
+    elif fault.kind == "gate_power_cut":
+        rig = morning.rigs[fault.target]
         busy = rig.deciding.wait(min(30.0, 0.1 * morning.window_s))
         fault.started_s = morning.rel()
         before = rig.read_outbox() or {}
@@ -1085,9 +1177,10 @@ def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: Ga
         if rig.up.wait(180):
             fault.recovered_s = morning.rel()
         after = rig.read_outbox() or {}
-        fault.detail = (("killed while an applicant's frame was being judged"
-                         if busy else "killed while nobody was at the door") +
-                        f"; pid {pid} killed with SIGKILL; started again after "
+        fault.detail = (("cut while an applicant's frame was being judged"
+                         if busy else "cut while nobody was at the door") +
+                        f"; supervisor pid {pid} and all its workers killed with SIGKILL at "
+                        f"once; started again after "
                         f"{fault.ended_s - (fault.started_s or 0):.1f} s; camera running "
                         f"{(fault.recovered_s or fault.ended_s) - fault.ended_s:.1f} s later; "
                         f"its outbox's next seq was {before.get('appended', '?')} before and "
@@ -1169,8 +1262,10 @@ def sample_loop(morning: Morning, processes: Any, samples: list[dict[str, Any]],
             prev = last.get(pid)
             last[pid] = (cpu_s, now)
             percent = 100 * (cpu_s - prev[0]) / (now - prev[1]) if prev else 0.0
-            usage[label] = {"cpu": round(percent, 1), "rss_mb": round(rss, 1),
-                            "cpu_s": round(cpu_s, 2), "pid": pid}
+            entry = usage.setdefault(label, {"cpu": 0.0, "rss_mb": 0.0, "cpu_s_by_pid": {}})
+            entry["cpu"] = round(entry["cpu"] + percent, 1)
+            entry["rss_mb"] = round(entry["rss_mb"] + rss, 1)
+            entry["cpu_s_by_pid"][pid] = round(cpu_s, 2)
         outbox = {gate: (rig.read_outbox() or {}).get("depth", 0)
                   for gate, rig in morning.rigs.items()}
         sample = {"t": round(morning.rel(now), 1), "load": os.getloadavg()[0],
@@ -1188,17 +1283,182 @@ def sample_loop(morning: Morning, processes: Any, samples: list[dict[str, Any]],
                      sample["load"], sample["rss_total_mb"] / 1024, sample["cpu_total"])
 
 
+# ---- the centre's PKI: mutual TLS, provisioned as a technician does ---------------------------
+
+#: The broker's name in its server certificate. Every client reaches the broker at 127.0.0.1 (the
+#: cut gate through its relay's port) and checks this name (``[broker] tls_server_name``), as a
+#: gate does that reaches its broker by an address the certificate does not list.
+BROKER_NAME = f"broker.{CENTRE}.lan"
+#: An MQTT 3.1.1 CONNECT (clean session, empty client id): what an anonymous client would send.
+_ANONYMOUS_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"
+_CONNECTED = re.compile(r"New client connected from \S+ as \S+ \(.*u'(?P<user>[^']*)'\)")
+
+
+@dataclass
+class CentreTLS:
+    """The rehearsal centre's certificates and generated broker config, and where each client's
+    files are (``clients``: the gateway and every gate → its certificate and key, with the
+    centre's ``ca.pem`` beside them)."""
+
+    ca_file: Path  # the CA certificate on the technician's side (run/centre/ca/ca.pem)
+    ca_subject: str
+    ca_sha256: str  # SHA-256 fingerprint of the CA certificate, colon-separated hex
+    broker: Any  # provisioning.broker_config.MosquittoTLSConfig
+    clients: dict[str, tuple[Path, Path]]
+    private_keys: list[Path]
+    provision_s: float = 0.0
+    negotiated: str | None = None  # TLS version seen by the anonymous probe
+    refuses_anonymous: bool | None = None
+
+    def broker_section(self, client: str) -> dict[str, Any]:
+        """The TLS keys of ``client``'s ``[broker]`` table (``gerbang.config.BrokerConfig``)."""
+        cert, key = self.clients[client]
+        return {"ca_file": cert.parent / "ca.pem", "cert_file": cert, "key_file": key,
+                "tls_server_name": BROKER_NAME}
+
+    def delete_private_keys(self) -> int:
+        """Delete every private key made for the run (CA, broker, gateway, gates); how many."""
+        gone = 0
+        for path in self.private_keys:
+            if path.exists():
+                path.unlink()
+                gone += 1
+        return gone
+
+
+def provision_centre(run_dir: Path, gates: list[str], port: int) -> CentreTLS:
+    """Provision the centre for mutual TLS with the project's own code, as a technician does
+    (docs/provisioning.md), into ``run_dir``:
+
+    - ``centre/ca/``: a new centre CA (``pki.create_centre_ca``: EC P-256, an empty CRL), the
+      technician's side; ``centre/devices/<gate>/``: the certificates it signed;
+    - ``broker/certs/``: the broker host's server certificate for :data:`BROKER_NAME` and
+      127.0.0.1 with its key, and copies of ``ca.pem`` and ``crl.pem`` (never ``ca.key``);
+      ``broker/mosquitto.conf`` and ``broker/acl`` from ``write_mosquitto_tls_config`` (one TLS
+      listener on ``port``, ``require_certificate``, the CRL, identity = certificate CN, an ACL
+      per device), persistence in ``broker/data/``;
+    - ``gateway/tls/``: the gateway's certificate and key (CN ``gateway``) and ``ca.pem``;
+    - ``gates/<gate>/tls/``: each gate's key, made there as on the Pi, and its CSR; the CA
+      checks and signs the CSR (``pki.sign_device_csr``), and the certificate and ``ca.pem``
+      are installed beside the key.
+
+    EC keys throughout: the whole centre (40 gates) takes well under a second.
+    """
+    from provisioning import pki
+    from provisioning.broker_config import write_mosquitto_tls_config
+
+    began = time.monotonic()
+    ca = pki.create_centre_ca(CENTRE, run_dir / "centre" / "ca")
+    broker_dir = run_dir / "broker"
+    certs = broker_dir / "certs"
+    server = pki.issue_server_cert(ca, [BROKER_NAME, "127.0.0.1"], certs)
+    for name in (pki.CA_CERT, pki.CRL_FILE):
+        shutil.copy(ca.directory / name, certs / name)
+    gateway_tls = run_dir / "gateway" / "tls"
+    gateway = pki.issue_client_cert(ca, pki.GATEWAY_IDENTITY, gateway_tls)
+    shutil.copy(ca.cert_path, gateway_tls / pki.CA_CERT)
+    assert gateway.cert_path is not None and gateway.key_path is not None
+    clients = {"gateway": (gateway.cert_path, gateway.key_path)}
+    for device_id in gates:
+        tls = run_dir / "gates" / device_id / "tls"  # the gate's /etc/gerbang/tls
+        pki.make_device_key_and_csr(device_id, CENTRE, tls)  # only the CSR leaves the gate
+        issued = pki.sign_device_csr(ca, tls / f"{device_id}.csr",
+                                     run_dir / "centre" / "devices" / device_id,
+                                     expected_device_id=device_id)
+        assert issued.cert_path is not None
+        shutil.copy(issued.cert_path, tls / f"{device_id}.pem")
+        shutil.copy(ca.cert_path, tls / pki.CA_CERT)
+        clients[device_id] = (tls / f"{device_id}.pem", tls / f"{device_id}.key")
+    # Started as root, Mosquitto would switch to the `mosquitto` user before reading the key
+    # in this private folder: stay the user who runs the rehearsal (as MosquittoBroker does).
+    config = write_mosquitto_tls_config(broker_dir, CENTRE, certs, server.cert_path,
+                                        server.key_path, port, bind_address="127.0.0.1",
+                                        run_as_user=getpass.getuser())
+    pem = ca.cert_path.read_text()
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    keys = [p for p in (ca.key_path, server.key_path, *(k for _, k in clients.values())) if p]
+    return CentreTLS(ca_file=ca.cert_path, ca_subject=ca.cert.subject.rfc4514_string(),
+                     ca_sha256=":".join(digest[i:i + 2] for i in range(0, len(digest), 2)),
+                     broker=config, clients=clients, private_keys=keys,
+                     provision_s=time.monotonic() - began)
+
+
+class CentreBroker(MosquittoBroker):
+    """Mosquitto started with the centre's generated config (``broker/mosquitto.conf``), on its
+    port and persistence; stopped and started again by the broker-restart fault like the local
+    one. Its log is ``broker/mosquitto.log``."""
+
+    def __init__(self, config: Any, executable: str | None = None) -> None:
+        # Not MosquittoBroker.__init__: that writes the local plain-MQTT template.
+        self.executable = executable or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.config_path = Path(config.config_path)
+        self.data_dir = self.config_path.parent
+        self.port = int(config.port)
+        self.log_path = self.data_dir / "mosquitto.log"
+        self.process = None
+
+
+def probe_anonymous(port: int, ca_file: Path) -> tuple[bool, str | None]:
+    """Connect as a client without a certificate, as anyone on the network could: whether the
+    broker refused it (no CONNACK), and the TLS version the handshake reached."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    version = None
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=BROKER_NAME) as tls:
+            version = tls.version()
+            tls.sendall(_ANONYMOUS_CONNECT)
+            answer = tls.recv(4)
+    except (ssl.SSLError, OSError):
+        return True, version
+    return not answer.startswith(b"\x20"), version
+
+
+def broker_identities(log_path: Path) -> set[str]:
+    """Usernames the broker gave connected clients (with the TLS config: each certificate's CN),
+    from its connection messages."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return set()
+    return {m["user"] for m in _CONNECTED.finditer(text)}
+
+
+def transport_summary(tls: CentreTLS | None, broker: MosquittoBroker) -> dict[str, Any]:
+    """What the report's setup and ``--json`` say about the transport."""
+    if tls is None:
+        return {"mode": "plain", "broker_config": str(broker.config_path),
+                "listener": f"127.0.0.1:{broker.port}",
+                "note": "--plain-mqtt, for debugging only: no TLS, no client certificates, "
+                        "no ACL"}
+    conf = tls.broker.config_path.read_text()
+    seen = broker_identities(broker.log_path)
+    return {"mode": "mutual-tls", "broker_config": str(tls.broker.config_path),
+            "listener": f"127.0.0.1:{tls.broker.port}", "server_name": BROKER_NAME,
+            "require_certificate": "\nrequire_certificate true" in conf,
+            "crl": "\ncrlfile " in conf, "acl": str(tls.broker.acl_path),
+            "negotiated": tls.negotiated, "ca_subject": tls.ca_subject,
+            "ca_sha256": tls.ca_sha256, "client_certificates": len(tls.clients),
+            "gate_certificates": len(tls.clients) - 1,
+            "clients_authenticated": len(seen & set(tls.clients)),
+            "refuses_without_certificate": tls.refuses_anonymous,
+            "provision_s": round(tls.provision_s, 2)}
+
+
 # ---- running it -------------------------------------------------------------------------------
 
 
-def _write_gateway_config(path: Path, db: str, http_port: int, broker_port: int) -> None:
-    """The gateway's TOML: its database, HTTP port and broker (TLS files go in [broker])."""
+def _write_gateway_config(path: Path, db: str, http_port: int, broker_port: int,
+                          broker: dict[str, Any] | None = None) -> None:
+    """The gateway's TOML: its database, HTTP port and broker; ``broker`` adds keys to
+    ``[broker]`` (the TLS files: ``CentreTLS.broker_section``)."""
     from gerbang.demo import _toml_value
 
     sections = {"gateway": {"db": db, "http_host": "127.0.0.1", "http_port": http_port,
                             "centre": CENTRE, "client_id": "gerbang-gateway",
                             "retention_days": 0},
-                "broker": {"host": "127.0.0.1", "port": broker_port, "protocol": 5}}
+                "broker": {"host": "127.0.0.1", "port": broker_port, "protocol": 5,
+                           **(broker or {})}}
     lines = ["# written by gerbang-demo --scenario exam-day"]
     for name, values in sections.items():
         lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
@@ -1288,10 +1548,12 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         raise SystemExit("exam-day rehearsal needs Mosquitto (apt-get install mosquitto): its "
                          "broker is restarted as one of the faults")
+    plain = bool(getattr(args, "plain_mqtt", False))
     log.info("exam-day rehearsal: %d rooms × %d gates, doors open %.0f s (= %.0f min, %.1f× "
-             "compressed), late arrivals %.0f s, faults %s, %s; work dir %s", args.rooms,
+             "compressed), late arrivals %.0f s, faults %s, %s, %s; work dir %s", args.rooms,
              args.gates_per_room, window_s, REAL_WINDOW_S / 60, REAL_WINDOW_S / window_s,
-             late_s, "off" if args.no_faults else "on", args.backend, workdir)
+             late_s, "off" if args.no_faults else "on", args.backend,
+             "PLAIN MQTT (--plain-mqtt, debugging only)" if plain else "mutual TLS", workdir)
 
     # --- applicants, enrollment, plan
     people = face_folders(Path(faces), min_images=2)
@@ -1333,7 +1595,18 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    broker = MosquittoBroker(run_dir / "broker").start()
+    tls: CentreTLS | None = None
+    broker: MosquittoBroker
+    if plain:
+        broker = MosquittoBroker(run_dir / "broker")
+    else:
+        tls = provision_centre(run_dir, [g for room in plan.rooms for g in plan.gates[room]],
+                               free_port())
+        log.info("centre provisioned in %.2f s: CA %s (SHA-256 %s…), %d client certificates "
+                 "(%d gates + the gateway), broker config %s", tls.provision_s, tls.ca_subject,
+                 tls.ca_sha256[:23], len(tls.clients), len(tls.clients) - 1,
+                 tls.broker.config_path)
+        broker = CentreBroker(tls.broker)
     cut_gate = next((f.target for f in faults if f.kind == "network_cut"), None)
     link = CuttableLink(broker.port).start() if cut_gate else None
     pg_admin = None
@@ -1342,7 +1615,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
         db = _create_pg_database(pg_admin)
     else:
         db = str(run_dir / "gateway" / "gateway.sqlite")
-        Path(db).parent.mkdir(parents=True)
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
     wib = timezone(timedelta(hours=7))
     provisional = datetime.now(wib).replace(microsecond=0) + timedelta(hours=1)
     _, manager_password = _prepare_gateway(
@@ -1357,7 +1630,8 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     base_url = f"http://127.0.0.1:{http_port}"
     gateway_config = run_dir / "gateway" / "gateway.toml"
     gateway_config.parent.mkdir(exist_ok=True)
-    _write_gateway_config(gateway_config, db, http_port, broker.port)
+    _write_gateway_config(gateway_config, db, http_port, broker.port,
+                          tls.broker_section("gateway") if tls else None)
     gateway = GatewayRunner(gateway_config, logs_dir / "gateway.log", base_url)
     rigs: dict[str, GateRig] = {}
     for room in plan.rooms:
@@ -1371,7 +1645,8 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
                                  device_id=device_id, centre=CENTRE, session=SESSION,
                                  capture={"path": rig.camera / FEED, "loop": True,
                                           "realtime": True},
-                                 broker={"keepalive_s": GATE_KEEPALIVE_S})
+                                 broker={"keepalive_s": GATE_KEEPALIVE_S,
+                                         **(tls.broker_section(device_id) if tls else {})})
             rigs[device_id] = rig
     watch = CameraWatch()
     for rig in rigs.values():
@@ -1382,6 +1657,12 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     threads: list[threading.Thread] = []
     timings: dict[str, float] = {}
     try:
+        broker.start()
+        if tls is not None:
+            tls.refuses_anonymous, tls.negotiated = probe_anonymous(broker.port, tls.ca_file)
+            if not tls.refuses_anonymous:
+                raise RuntimeError(f"the broker ({tls.broker.config_path}) accepted a client "
+                                   "without a certificate")
         gateway.start(env)
         for rig in rigs.values():
             rig.start(env)
@@ -1413,8 +1694,10 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
                  window_s, window_s + late_s)
 
         def processes() -> list[tuple[str, int]]:
-            found = [(gate, rig.process.pid) for gate, rig in rigs.items()
-                     if rig.process is not None and rig.process.poll() is None]
+            # A gate is its supervisor and four workers: their usage adds up under the gate.
+            found = [(gate, pid) for gate, rig in rigs.items()
+                     if rig.process is not None and rig.process.poll() is None
+                     for pid in (rig.process.pid, *rig.workers().values())]
             if gateway.process is not None and gateway.process.poll() is None:
                 found.append(("gateway", gateway.process.pid))
             if broker.process is not None and broker.process.poll() is None:
@@ -1459,7 +1742,8 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
             log.error("not every check-in reached the gateway within 180 s of doors closing")
         timings["settle_s"] = time.monotonic() - settle_started
         timings["morning_s"] = morning.rel()
-        attendance = _api(base_url, "GET", f"/api/sessions/{SESSION}/attendance", manager_token)
+        attendance = _api(base_url, "GET", f"/api/sessions/{SESSION}/attendance", manager_token,
+                          timeout=90.0)
         for rig in rigs.values():
             rig.decisions()  # the last log lines, for the logged-vs-stored count
         events, alarms = _stored(store)
@@ -1478,6 +1762,9 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
         if link is not None:
             link.close()
         broker.stop()
+        if tls is not None:  # the throwaway centre's keys do not outlive the run
+            log.info("deleted %d private keys of the rehearsal centre",
+                     tls.delete_private_keys())
         watch.close()
         if pg_admin:
             try:
@@ -1487,13 +1774,17 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
         logging.getLogger().removeHandler(handler)
         handler.close()
     timings["wall_s"] = time.monotonic() - began
+    if tls is not None:
+        timings["provision_s"] = tls.provision_s
+    transport = transport_summary(tls, broker)
     result = analyse(plan, faults, samples, events, delivery, attendance, window_s, late_s,
                      {"rooms": args.rooms, "gates_per_room": args.gates_per_room,
                       "applicants": len(applicants), "not_enrolled": len(not_enrolled),
                       "outsiders": len(plan.outsiders), "backend": args.backend,
                       "cohort": cohort, "camera_fps": camera_fps, "faults": not args.no_faults,
                       "faces": str(faces), "seed": args.seed, "broker_errors":
-                      broker.log_errors()}, timings)
+                      broker.log_errors(), "transport": transport}, timings)
+    result["transport"] = transport
     result["report"] = str(write_report(result, workdir))
     result["workdir"] = str(workdir)
     write_atomic(workdir / "summary.json", json.dumps(result, indent=2, default=str).encode())
@@ -1701,7 +1992,7 @@ def summarise_resources(samples: list[dict[str, Any]]) -> dict[str, Any]:
             entry = per.setdefault(label, {"peak_rss_mb": 0.0, "cpu": [], "cpu_s": {}})
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"], u["rss_mb"])
             entry["cpu"].append(u["cpu"])
-            entry["cpu_s"][u["pid"]] = u["cpu_s"]  # the last reading per pid (restarts add up)
+            entry["cpu_s"].update(u["cpu_s_by_pid"])  # last reading per pid (restarts add up)
     rows = [{"process": label, "peak_rss_mb": round(e["peak_rss_mb"], 1),
              "mean_cpu_pct": round(float(np.mean(e["cpu"])), 1) if e["cpu"] else 0.0,
              "peak_cpu_pct": round(float(np.max(e["cpu"])), 1) if e["cpu"] else 0.0,
@@ -1864,6 +2155,31 @@ def plot_resources(result: dict[str, Any], path: Path) -> None:
     cv2.imwrite(str(path), image)
 
 
+def transport_rows(t: dict[str, Any]) -> list[str]:
+    """The report's Broker and Transport rows of the setup table."""
+    if t["mode"] == "plain":
+        return ["| Broker | Mosquitto with the project's local config "
+                f"(`gerbang/conf/mosquitto-local.conf`) on {t['listener']} |",
+                "| Transport | **plain MQTT** on loopback (`--plain-mqtt`, for debugging only): "
+                "no TLS, no client certificates, no ACL |"]
+    checks = ", ".join(what for what, on in (("`require_certificate`", t["require_certificate"]),
+                                             ("CRL", t["crl"])) if on)
+    return [
+        f"| Broker | Mosquitto with the centre's generated config (`{t['broker_config']}`, "
+        f"from `provisioning/broker_config.py`): one TLS listener on {t['listener']} "
+        f"(TLS ≥ 1.2, {checks}), client identity = certificate CN, an ACL per device; "
+        "the broker-restart fault starts it again from the same config |",
+        f"| Transport | **mutual TLS** ({t['negotiated'] or 'TLS'}): centre CA `{t['ca_subject']}`"
+        f", SHA-256 fingerprint `{t['ca_sha256']}`; **{t['client_certificates']} client "
+        f"certificates** ({t['gate_certificates']} gates, each from a CSR made with its key in "
+        f"the gate's folder, and the gateway), provisioned in {t['provision_s']:.1f} s; every "
+        f"client checks the broker's certificate for `{t['server_name']}`. The broker knew "
+        f"{t['clients_authenticated']} of {t['client_certificates']} clients by their "
+        "certificate; a client without one was "
+        + ("refused" if t["refuses_without_certificate"] else "**ACCEPTED**") + " |",
+    ]
+
+
 def _clock(t: float, compression: float) -> str:
     """A rehearsal time as the clock of a real morning whose doors open at 06:30."""
     real = datetime(2026, 12, 1, 6, 30) + timedelta(seconds=t * compression)
@@ -1910,8 +2226,8 @@ def write_report(result: dict[str, Any], workdir: Path) -> Path:
     add(f"| Gates | {setup['gates']} device-service processes (one per gate), "
         f"camera at {setup['camera_fps']:g} frame/s |")
     add(f"| Gateway | one process, {setup['backend']} |")
-    add("| Broker | Mosquitto with the project's local config: plain MQTT on loopback "
-        "(mutual TLS not yet: see Notes) |")
+    for row in transport_rows(setup["transport"]):
+        add(row)
     add(f"| Rosters | {setup['applicants']} applicants enrolled from 3 photos each"
         + (f" ({setup['not_enrolled']} left off: no usable photo)" if setup["not_enrolled"]
            else "") + ", "
@@ -2112,11 +2428,18 @@ def write_report(result: dict[str, Any], workdir: Path) -> Path:
         "ends to notice it, as they would in 5 minutes.")
     add("- **Liveness is off** (the gates replay stills); photo attacks are shown but not "
         "defended here. Liveness is measured by `gerbang-device pad-eval` (docs/liveness.md).")
-    add("- **MQTT is plain, on loopback**, with the project's local Mosquitto config. The "
-        "centre's broker config with mutual TLS and per-device certificates "
-        "(`provisioning/broker_config.py`) needs the device bundles that provisioning is "
-        "finishing; the rehearsal writes every client's `[broker]` section in one place so the "
-        "certificate files can be added there (docs/rehearsal.md).")
+    if setup["transport"]["mode"] == "plain":
+        add("- **MQTT is plain, on loopback** (`--plain-mqtt`, for debugging only), with the "
+            "project's local Mosquitto config: no TLS, no client certificates, no ACL. Without "
+            "the flag the rehearsal provisions the centre and runs everything over mutual TLS.")
+    else:
+        add("- **Mutual TLS as at a centre, on one machine.** The centre was provisioned for "
+            "this run with the project's own code (`provisioning/pki.py`, "
+            "`provisioning/broker_config.py`): a new CA, the broker's certificate, the "
+            "gateway's, and one per gate whose key was made in the gate's own folder (at a "
+            "centre: on the Pi, `gerbang-provision device add --csr-from-host`). Every process "
+            "runs on loopback; the broker is reached at 127.0.0.1 and its certificate checked "
+            f"for `{BROKER_NAME}`. The private keys were deleted when the run ended.")
     add("- The network cut is a relay between that gate and the broker that stops moving bytes "
         "and refuses new connections; a power cut is `kill -9` (the machine's page cache "
         "survives it, a Pi's would not: the outbox's fsync on every commit is tested on its own "
@@ -2128,6 +2451,11 @@ def write_report(result: dict[str, Any], workdir: Path) -> Path:
     add("\n## Files\n")
     add("- `summary.json`: every figure in this report; `rehearsal.log`: the run's log")
     add("- `run/logs/`: each gate's, the gateway's log; `run/broker/mosquitto.log`")
+    if setup["transport"]["mode"] != "plain":
+        add("- `run/broker/`: the generated `mosquitto.conf` and `acl` the broker ran, `certs/`; "
+            "`run/centre/`: the centre CA's certificate, CRL and every certificate it issued; "
+            "`run/gateway/tls/`, `run/gates/<gate>/tls/`: each client's certificate and CSR "
+            "(the private keys were deleted at the end of the run)")
     add("- `run/gates/<gate>/`: config, roster, outbox, camera frames; `run/rosters/`: room "
         "rosters (biometric templates: delete them with the work directory)")
     add("- `enrollment/templates.json`: the enrollment cache (templates, mode 0600) that makes "
