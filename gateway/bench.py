@@ -1,11 +1,23 @@
 """Ingest benchmark (``gerbang-gateway bench``): events/s from 50 devices into each back-end.
 
-Everything is real and on this machine: a Mosquitto started with the project's config, publisher
-processes simulating gate devices (QoS 1, as fast as the broker acknowledges), gateway workers
-as ``gerbang-gateway run --no-http`` processes, and the SQLite or PostgreSQL store. In the same
-run ``mosquitto_sub`` writes the same stream to a file: its rate is the ceiling the gateway is
-compared with (``ratio``). Lost and duplicated events are counted by event id against what was
-published. Figures only; nothing is asserted (the machine is shared and noisy).
+Everything is real and on this machine: a Mosquitto started with the project's config, one
+publisher per simulated gate (``mosquitto_pub``, MQTT 5, QoS 1, its own connection and client id
+like a real gate, as fast as the broker acknowledges), the gateway as one ``gerbang-gateway run
+--no-http --ingest-workers N`` (itself plus N-1 ingest-only children in one shared subscription,
+as a centre would run it), and the SQLite or PostgreSQL store. In the same run ``mosquitto_sub``
+writes the same stream to a file: its rate is the ceiling the gateway is compared with
+(``ratio``). Lost and duplicated events are counted by event id against what was published.
+
+Gates are separate machines in a centre, so the simulated ones should take as little of this
+machine's CPU as possible: ``mosquitto_pub`` (C) costs less than half of what a Python paho
+publisher does per event. ``publisher="paho"`` keeps the earlier two Python publisher processes
+for comparison with older figures.
+
+The clock starts once every publisher has built its events and connected (building the load is
+not the gateway's time) and stops when the store holds every event. CPU seconds spent in that
+window by the gateway processes, the broker and the publishers are reported too: on a shared
+machine they are steadier than events/s, and they show where the time went. Figures only;
+nothing is asserted (the machine is shared and noisy).
 """
 
 from __future__ import annotations
@@ -14,9 +26,11 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +40,9 @@ from gerbang import wire
 from gerbang.broker import MosquittoBroker
 
 CENTRE = "bench"
+#: The configuration ``events_per_s`` (the headline) is taken from: the one docs/gateway.md
+#: recommends for a 2-core centre gateway.
+HEADLINE = ("sqlite", 2)
 
 
 def _event(device: str, seq: int) -> tuple[str, bytes, str]:
@@ -36,8 +53,12 @@ def _event(device: str, seq: int) -> tuple[str, bytes, str]:
     return wire.events_topic(CENTRE, device), event.to_json(), event.event_id
 
 
-def _publish(port: int, devices: list[str], per_device: int, ids_path: str) -> None:
-    """Publisher process: QoS 1 events for ``devices``; writes the published event ids."""
+def _publish(port: int, devices: list[str], per_device: int, out_path: str, ready: Any,
+             go: Any) -> None:
+    """Python publisher process (``publisher="paho"``): QoS 1 events for ``devices``, sent once
+    ``go`` is set. Writes the published event ids and its CPU seconds to ``out_path``."""
+    import resource
+
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -47,24 +68,157 @@ def _publish(port: int, devices: list[str], per_device: int, ids_path: str) -> N
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
+    ready.set()
+    go.wait()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     infos = [client.publish(topic, payload, qos=1) for topic, payload, _ in messages]
     for info in infos:
         info.wait_for_publish(timeout=120)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     client.loop_stop()
     client.disconnect()
-    Path(ids_path).write_text("\n".join(i for _, _, i in messages))
+    Path(out_path).write_text(json.dumps({
+        "ids": [i for _, _, i in messages],
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}))
 
 
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> None:
+class _PahoPublishers:
+    """Two Python processes, each publishing for half of the devices over one connection."""
+
+    def __init__(self, broker: MosquittoBroker, names: list[str], per_device: int, work: Path,
+                 tag: str) -> None:
+        halves = [names[: len(names) // 2], names[len(names) // 2:]]
+        self.out_files = [work / f"published-{tag}-{i}.json" for i in range(2)]
+        self._go = multiprocessing.Event()
+        self._ready = [multiprocessing.Event() for _ in halves]
+        self.procs = [multiprocessing.Process(target=_publish, args=(
+            broker.port, part, per_device, str(path), flag, self._go))
+            for part, path, flag in zip(halves, self.out_files, self._ready, strict=True)]
+        for proc in self.procs:
+            proc.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        for flag in self._ready:
+            flag.wait(timeout)
+
+    def go(self) -> None:
+        self._go.set()
+
+    def finish(self) -> tuple[set[str], float]:
+        """(published event ids, publisher CPU seconds) once every publisher is done."""
+        ids: set[str] = set()
+        cpu = 0.0
+        for proc, path in zip(self.procs, self.out_files, strict=True):
+            proc.join(timeout=120)
+            out = json.loads(path.read_text())
+            ids.update(out["ids"])
+            cpu += out["cpu_s"]
+        return ids, cpu
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.kill()
+
+
+class _MosquittoPublishers:
+    """One ``mosquitto_pub -l`` per device (its own connection and client id, as a gate has);
+    each gets its events as lines on stdin when the clock starts."""
+
+    def __init__(self, broker: MosquittoBroker, names: list[str], per_device: int, work: Path,
+                 tag: str) -> None:
+        self.broker = broker
+        events = {name: [_event(name, seq) for seq in range(per_device)] for name in names}
+        self.ids = {i for batch in events.values() for _, _, i in batch}
+        self.lines = {name: b"".join(payload + b"\n" for _, payload, _ in batch)
+                      for name, batch in events.items()}
+        exe = shutil.which("mosquitto_pub") or "mosquitto_pub"
+        self.procs = {name: subprocess.Popen(
+            [exe, "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5", "-q", "1", "-l",
+             "-M", "100", "-i", name, "-t", wire.events_topic(CENTRE, name)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name in names}
+        self._feeders: list[threading.Thread] = []
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until the broker has logged every publisher's connection."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.broker.log_path.read_text(errors="replace")
+            if all(f" as {name} " in text for name in self.procs):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("publishers did not connect")
+
+    def go(self) -> None:
+        def feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+            assert proc.stdin is not None
+            proc.stdin.write(data)
+            proc.stdin.close()
+
+        self._feeders = [threading.Thread(target=feed, args=(proc, self.lines[name]))
+                         for name, proc in self.procs.items()]
+        for thread in self._feeders:
+            thread.start()
+
+    def finish(self) -> tuple[set[str], float]:
+        """(published event ids, publisher CPU seconds) once every publisher has exited."""
+        for thread in self._feeders:
+            thread.join(timeout=120)
+        cpu = 0.0
+        for proc in self.procs.values():
+            _, status, usage = os.wait4(proc.pid, 0)  # wait, and learn its CPU time
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            cpu += usage.ru_utime + usage.ru_stime
+        return self.ids, cpu
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None and proc.poll() is None:
+                proc.kill()
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (Linux /proc; 0 for a gone pid)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def _with_children(pid: int) -> list[int]:
+    """``pid`` and its direct children (the ingest workers a ``run`` started)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _wait_for_workers(proc: subprocess.Popen[bytes], log_path: Path, workers: int,
+                      timeout: float) -> None:
+    """Until every worker has logged its confirmed subscription."""
     deadline = time.monotonic() + timeout
-    assert proc.stderr is not None
     while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if needle in line:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        if text.count("gateway subscribed") >= workers:
             return
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"gateway worker exited with {proc.returncode}")
-    raise TimeoutError(f"gateway worker did not log {needle!r} within {timeout:.0f}s")
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}: {text[-2000:]}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{workers} gateway workers did not subscribe within {timeout:.0f}s; "
+                       f"see {log_path}")
 
 
 def _fresh_database(backend: str, work: Path, pg_url: str) -> tuple[str, Any]:
@@ -85,64 +239,68 @@ def _fresh_database(backend: str, work: Path, pg_url: str) -> tuple[str, Any]:
 
 
 def run_one(backend: str, workers: int, events: int, devices: int, work: Path,
-            pg_url: str) -> dict[str, Any]:
-    """One configuration: fresh broker, fresh database, ``workers`` gateway processes."""
+            pg_url: str, protocol: int | None = None, publisher: str = "mosquitto_pub",
+            ) -> dict[str, Any]:
+    """One configuration: fresh broker, fresh database, a gateway with ``workers`` workers."""
     from gateway.store import open_store
 
-    broker = MosquittoBroker(work / f"broker-{backend}-{workers}").start()
+    tag = f"{backend}-{workers}-{uuid.uuid4().hex[:4]}"
+    broker = MosquittoBroker(work / f"broker-{tag}").start()
     url, cleanup = _fresh_database(backend, work, pg_url)
-    store = open_store(url)  # migrate once before the workers start
-    procs: list[subprocess.Popen[str]] = []
+    store = open_store(url)  # the bench reads the store too
+    gateway: subprocess.Popen[bytes] | None = None
+    raw: subprocess.Popen[bytes] | None = None
+    publishers: _PahoPublishers | _MosquittoPublishers | None = None
+    log_path = work / f"gateway-{tag}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
-        for w in range(workers):
-            cmd = [sys.executable, "-m", "gateway.cli", "run", "--db", url, "--no-http",
-                   "--broker-port", str(broker.port), "--client-id", f"bench-worker-{w}"]
-            if workers > 1:
-                cmd += ["--share-group", "bench"]
-            procs.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          text=True, env=env))
-        for proc in procs:
-            _wait_for_line(proc, "subscribed", 30)
+        cmd = [sys.executable, "-m", "gateway.cli", "run", "--db", url, "--no-http",
+               "--broker-port", str(broker.port), "--client-id", "bench-gw",
+               "--ingest-workers", str(workers)]
+        if protocol is not None:
+            cmd += ["--mqtt-protocol", str(protocol)]
+        with open(log_path, "wb") as log_file:
+            gateway = subprocess.Popen(cmd, stderr=log_file, stdout=subprocess.DEVNULL, env=env)
+        _wait_for_workers(gateway, log_path, workers, 60)
+        gateway_pids = _with_children(gateway.pid)
         per_device = max(1, events // devices)
         total = per_device * devices
-        raw_file = work / f"raw-{backend}-{workers}.txt"
-        raw = subprocess.Popen(
-            [shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", "127.0.0.1", "-p",
-             str(broker.port), "-q", "1", "-t", wire.subscription(CENTRE, "events"),
-             "-C", str(total)], stdout=open(raw_file, "w"), stderr=subprocess.DEVNULL)
-        time.sleep(0.5)  # let mosquitto_sub subscribe
+        raw_file = work / f"raw-{tag}.txt"
+        with open(raw_file, "w") as raw_out:
+            raw = subprocess.Popen(
+                [shutil.which("mosquitto_sub") or "mosquitto_sub", "-h", "127.0.0.1", "-p",
+                 str(broker.port), "-q", "1", "-t", wire.subscription(CENTRE, "events"),
+                 "-C", str(total)], stdout=raw_out, stderr=subprocess.DEVNULL)
         names = [f"{CENTRE}-gate-{i:02d}" for i in range(devices)]
-        halves = [names[: devices // 2], names[devices // 2:]]
-        id_files = [work / f"ids-{backend}-{workers}-{i}.txt" for i in range(2)]
+        publishers = (_PahoPublishers if publisher == "paho" else _MosquittoPublishers)(
+            broker, names, per_device, work, tag)
+        publishers.wait_ready(60)
+        time.sleep(0.5)  # let mosquitto_sub subscribe
+        assert broker.process is not None
+        cpu_before = (_cpu_s(gateway_pids), _cpu_s([broker.process.pid]))
         started = time.monotonic()
-        publishers = [multiprocessing.Process(target=_publish, args=(broker.port, part,
-                                                                     per_device, str(path)))
-                      for part, path in zip(halves, id_files, strict=True)]
-        for p in publishers:
-            p.start()
-        raw_done = None
-        stored = 0
+        publishers.go()
+        raw_done = stored_done = None
+        cpu_after = cpu_before
         deadline = started + 300
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (raw_done is None or stored_done is None):
             if raw_done is None and raw.poll() is not None:
                 raw_done = time.monotonic()
-            stored = store.counts()["events"]
-            if stored >= total and raw_done is not None:
-                break
+            if stored_done is None and store.counts()["events"] >= total:
+                stored_done = time.monotonic()
+                cpu_after = (_cpu_s(gateway_pids), _cpu_s([broker.process.pid]))
             time.sleep(0.05)
-        stored_done = time.monotonic()
-        for p in publishers:
-            p.join(timeout=60)
+        if stored_done is None:  # gave up: the figures below show what was missing
+            stored_done = time.monotonic()
+            cpu_after = (_cpu_s(gateway_pids), _cpu_s([broker.process.pid]))
+        published_ids, publisher_cpu = publishers.finish()
         published_done = time.monotonic()
-        published_ids = set()
-        for path in id_files:
-            published_ids.update(path.read_text().split())
         rows = store.events()
         stored_ids = [r["event_id"] for r in rows]
         raw_count = sum(1 for _ in open(raw_file))
         elapsed = stored_done - started
         raw_elapsed = (raw_done or published_done) - started
+        gateway_cpu = cpu_after[0] - cpu_before[0]
         return {
             "backend": backend, "workers": workers, "devices": devices, "published": total,
             "stored": len(stored_ids), "lost": len(published_ids - set(stored_ids)),
@@ -151,30 +309,83 @@ def run_one(backend: str, workers: int, events: int, devices: int, work: Path,
             "events_per_s": round(len(stored_ids) / elapsed, 1),
             "raw_events": raw_count, "raw_events_per_s": round(raw_count / raw_elapsed, 1),
             "ratio": round((len(stored_ids) / elapsed) / max(raw_count / raw_elapsed, 1e-9), 3),
-            "seconds": round(elapsed, 2)}
+            "seconds": round(elapsed, 2),
+            "publisher": publisher,
+            "cpu_s": {"gateway": round(gateway_cpu, 2),
+                      "broker": round(cpu_after[1] - cpu_before[1], 2),
+                      "publishers": round(publisher_cpu, 2)},
+            "gateway_cpu_us_per_event": round(gateway_cpu / max(len(stored_ids), 1) * 1e6),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
+        if publishers is not None:
+            publishers.kill()
+        if raw is not None and raw.poll() is None:
+            raw.kill()
+            raw.wait()
+        if gateway is not None:
+            gateway.terminate()
             try:
-                proc.wait(timeout=15)
+                gateway.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                gateway.kill()
         broker.stop()
         cleanup()
 
 
+def _summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per back-end and worker count: the median of the repeats, and their spread."""
+    out = []
+    for key in dict.fromkeys((r["backend"], r["workers"]) for r in runs):
+        group = [r for r in runs if (r["backend"], r["workers"]) == key]
+        rates = [r["events_per_s"] for r in group]
+        out.append({
+            "backend": key[0], "workers": key[1], "repeats": len(group),
+            "events_per_s": round(statistics.median(rates), 1),
+            "events_per_s_min": min(rates), "events_per_s_max": max(rates),
+            "raw_events_per_s": round(statistics.median(r["raw_events_per_s"] for r in group), 1),
+            "gateway_cpu_us_per_event": round(statistics.median(
+                r["gateway_cpu_us_per_event"] for r in group)),
+            "lost": sum(r["lost"] for r in group),
+            "duplicated": sum(r["duplicated"] for r in group)})
+    return out
+
+
 def run_bench(events: int = 20000, devices: int = 50,
               pg_url: str = "postgresql://postgres@127.0.0.1:5432/postgres",
-              backends: tuple[str, ...] = ("sqlite", "postgresql")) -> dict[str, Any]:
-    """SQLite with one worker; PostgreSQL with one and two workers (shared subscription)."""
+              backends: tuple[str, ...] = ("sqlite", "postgresql"),
+              workers: tuple[int, ...] = (1, 2), repeat: int = 1,
+              protocol: int | None = None, publisher: str = "mosquitto_pub",
+              ) -> dict[str, Any]:
+    """Every back-end with each worker count, ``repeat`` times (interleaved, so a burst of
+    load elsewhere on the machine hits every configuration alike). The headline
+    ``events_per_s`` is the median for ``HEADLINE`` (SQLite, 2 workers) when it was run."""
+    from gateway.config import load_gateway_config
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
     results = []
     with tempfile.TemporaryDirectory(prefix="gerbang-ingest-") as tmp:
-        for backend in backends:
-            for workers in ((1,) if backend == "sqlite" else (1, 2)):
-                results.append(run_one(backend, workers, events, devices, Path(tmp), pg_url))
-    return {"events": events, "devices": devices, "runs": results,
-            "load_average": os.getloadavg()}
+        for _ in range(repeat):
+            for backend in backends:
+                for count in workers:
+                    results.append(run_one(backend, count, events, devices, Path(tmp), pg_url,
+                                           protocol, publisher))
+    summary = _summary(results)
+    headline = next((s for s in summary if (s["backend"], s["workers"]) == HEADLINE),
+                    summary[0])
+    return {
+        "events": events, "devices": devices,
+        "mqtt_protocol": protocol or load_gateway_config(None).broker.protocol,
+        "cpu_count": os.cpu_count(), "publisher": publisher,
+        "headline": f"{headline['backend']}, {headline['workers']} ingest worker"
+                    f"{'s' if headline['workers'] > 1 else ''} (median of "
+                    f"{headline['repeats']})",
+        "events_per_s": headline["events_per_s"],
+        "raw_events_per_s": headline["raw_events_per_s"],
+        "lost": sum(r["lost"] for r in results),
+        "duplicated": sum(r["duplicated"] for r in results),
+        "summary": summary, "runs": results,
+        "load_average": {"start": load_before,
+                         "end": [round(x, 2) for x in os.getloadavg()]}}
 
 
 if __name__ == "__main__":

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gerbang.config import ConfigError
 
 if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
     from gateway.store import Store
 from gerbang.logs import setup_logging
 
@@ -21,43 +25,56 @@ log = logging.getLogger("gateway")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.config import load_gateway_config
-    from gateway.ingest import Ingest
+    from gateway.ingest import DEFAULT_SHARE_GROUP, Ingest
     from gateway.store import open_store
-    from gateway.web import create_app
 
     config = load_gateway_config(args.config, {
         "gateway": {"db": args.db, "http_host": args.http_host, "http_port": args.http_port,
                     "client_id": args.client_id, "share_group": args.share_group,
-                    "http": False if args.no_http else None},
+                    "ingest_workers": args.ingest_workers,
+                    "http": False if args.no_http or args.worker_of else None},
         "broker": {"host": args.broker_host, "port": args.broker_port,
                    "protocol": args.mqtt_protocol}})
-    store = open_store(config.gateway.db)
-    ingest = Ingest(store, config.broker, client_id=config.gateway.client_id,
-                    centre=config.gateway.centre, share_group=config.gateway.share_group)
+    gw = config.gateway
+    # A child started by another `run` is one ingest worker, nothing else.
+    workers = 1 if args.worker_of or args.retire else gw.ingest_workers
+    share_group = gw.share_group or (DEFAULT_SHARE_GROUP if workers > 1 else None)
+    store = open_store(gw.db)
+    if args.retire:
+        return _retire(store, config)
+    ingest = Ingest(store, config.broker, client_id=gw.client_id, centre=gw.centre,
+                    share_group=share_group)
     ingest.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    if config.gateway.retention_days > 0:
-        threading.Thread(target=_retention_loop, args=(store, config.gateway.retention_days,
-                                                       stop), name="retention",
-                         daemon=True).start()
-    if not config.gateway.http:
-        log.info("ingest-only worker %s (database %s)", config.gateway.client_id,
-                 config.gateway.db)
+    pool = _WorkerPool(args, gw.client_id, share_group, workers)
+    pool.start()
+    if args.worker_of:
+        threading.Thread(target=_watch_parent, args=(args.worker_of, stop),
+                         name="parent-watch", daemon=True).start()
+    elif gw.retention_days > 0:
+        threading.Thread(target=_retention_loop, args=(store, gw.retention_days, stop),
+                         name="retention", daemon=True).start()
+    if not gw.http:
+        log.info("ingest-only worker %s (database %s%s)", gw.client_id, gw.db,
+                 f", share group {share_group}" if share_group else "")
         stop.wait()
+        pool.stop()
         ingest.stop()
         log.info("stopped: %s", ingest.stats)
         return 0
+    import uvicorn
+
+    from gateway.web import create_app
+
     app = create_app(store, ingest.stats, commander=ingest.send_command,
-                     display_utc_offset_h=config.gateway.display_utc_offset_h)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.gateway.http_host,
-                                           port=config.gateway.http_port, log_level="warning"))
-    log.info("dashboard at http://%s:%d/  (database %s)", config.gateway.http_host,
-             config.gateway.http_port, config.gateway.db)
+                     display_utc_offset_h=gw.display_utc_offset_h)
+    server = uvicorn.Server(uvicorn.Config(app, host=gw.http_host, port=gw.http_port,
+                                           log_level="warning"))
+    log.info("dashboard at http://%s:%d/  (database %s, %d ingest worker%s)", gw.http_host,
+             gw.http_port, gw.db, workers, "s" if workers > 1 else "")
 
     def on_signal(*_: object) -> None:
         stop.set()
@@ -69,9 +86,114 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         server.run()
     finally:
+        pool.stop()
         ingest.stop()
         log.info("stopped: %s", ingest.stats)
     return 0
+
+
+class _WorkerPool:
+    """The ingest-only children of a ``run`` with ``ingest_workers`` > 1, kept running.
+
+    Each child is ``gerbang-gateway run --worker-of PID`` with the parent's config and command
+    line, client id ``{client_id}-{n}`` (n = 2..N, fixed so its persistent session survives a
+    restart) and the parent's share group. A child that exits is started again: the broker
+    keeps handing a share of the events to its session, and they wait there until it is back.
+    A child stops by itself when the parent is gone.
+    """
+
+    def __init__(self, args: argparse.Namespace, client_id: str, share_group: str | None,
+                 workers: int) -> None:
+        self.client_ids = [f"{client_id}-{n}" for n in range(2, workers + 1)]
+        self.commands = [self._command(args, cid, share_group or "") for cid in self.client_ids]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(self.commands)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="ingest-workers",
+                                        daemon=True)
+
+    @staticmethod
+    def _command(args: argparse.Namespace, client_id: str, share_group: str) -> list[str]:
+        cmd = [sys.executable, "-m", "gateway.cli", *(["-v"] if args.verbose else []), "run",
+               "--worker-of", str(os.getpid()), "--client-id", client_id,
+               "--share-group", share_group]
+        for flag, value in (("--config", args.config), ("--db", args.db),
+                            ("--broker-host", args.broker_host),
+                            ("--broker-port", args.broker_port),
+                            ("--mqtt-protocol", args.mqtt_protocol)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        return cmd
+
+    def start(self) -> None:
+        """Start every child, then watch them."""
+        if not self.commands:
+            return
+        for i in range(len(self.commands)):
+            self._spawn(i)
+        self._thread.start()
+
+    def _spawn(self, i: int) -> None:
+        proc = self.procs[i] = subprocess.Popen(self.commands[i])
+        log.info("ingest worker %s started (pid %d)", self.client_ids[i], proc.pid)
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self.procs):
+                if proc is not None and proc.poll() is not None and not self._stopping.is_set():
+                    log.warning("ingest worker pid %d exited with %s; starting it again",
+                                proc.pid, proc.returncode)
+                    if self._stopping.wait(2.0):
+                        return
+                    self._spawn(i)
+
+    def stop(self) -> None:
+        """Stop every child (each finishes its batch first), waiting up to 15 s."""
+        self._stopping.set()
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for proc in live:
+            proc.terminate()
+        for proc in live:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _retire(store: Store, config: GatewayConfig, quiet_s: float = 3.0) -> int:
+    """Take a worker out of its share group for good: store what its session still holds,
+    leave the group, end the session (so the broker stops queueing a share for it)."""
+    from gateway.ingest import Ingest, end_session
+
+    gw = config.gateway
+    ingest = Ingest(store, config.broker, client_id=gw.client_id, centre=gw.centre,
+                    share_group=gw.share_group, retire=True)
+    ingest.start()
+    if not ingest.connected.wait(30):
+        log.error("could not reach the broker as %s; nothing changed", gw.client_id)
+        ingest.stop()
+        return 1
+    # The broker sends the backlog at once; it is all stored when nothing more has come for
+    # ``quiet_s`` and the writer has nothing left.
+    seen, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s:
+        time.sleep(0.2)
+        if ingest.messages != seen or ingest.pending():
+            seen, quiet_since = ingest.messages, time.monotonic()
+    ingest.stop()
+    end_session(gw.client_id, config.broker)
+    log.info("worker %s retired: stored %d events its session still held (%d already "
+             "stored); its session is ended", gw.client_id, ingest.stats.stored,
+             ingest.stats.duplicates)
+    return 0
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    """A worker child stops when the ``run`` that started it is gone (even after a SIGKILL)."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("parent gateway %d is gone; stopping", parent)
+            stop.set()
 
 
 def _retention_loop(store: Store, days: float, stop: threading.Event,
@@ -93,7 +215,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     backends = tuple(b for b in ("sqlite", "postgresql") if b in args.backend)
     result = run_bench(events=args.events, devices=args.devices, pg_url=args.postgres,
-                       backends=backends)
+                       backends=backends, workers=tuple(args.workers), repeat=args.repeat,
+                       protocol=args.mqtt_protocol, publisher=args.publisher)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
@@ -186,22 +309,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker-host", help="MQTT broker host (default 127.0.0.1)")
     run.add_argument("--broker-port", type=int, help="MQTT broker port (default 1883)")
     run.add_argument("--mqtt-protocol", type=int, choices=(3, 5),
-                     help="5 = MQTT 5 (default), 3 = MQTT 3.1.1")
+                     help="3 = MQTT 3.1.1 (the gateway's default), 5 = MQTT 5")
     run.add_argument("--client-id", help="MQTT client id (unique per worker)")
     run.add_argument("--share-group", help="join this MQTT shared-subscription group")
+    run.add_argument("--ingest-workers", type=int, metavar="N",
+                     help="ingest processes: this one plus N-1 children sharing the stream "
+                          "(default 1; [gateway] ingest_workers)")
     run.add_argument("--no-http", action="store_true", help="ingest only, no dashboard")
+    run.add_argument("--worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    run.add_argument("--retire", action="store_true",
+                     help="take the worker --client-id out of its share group for good: store "
+                          "what the broker still holds for it, then end its session")
     run.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser(
         "bench", help="ingest benchmark: events/s from simulated devices into each back-end",
-        description="Starts Mosquitto, gateway workers and publisher processes on this machine "
-                    "and measures sustained events/s into SQLite (1 worker) and PostgreSQL (1 "
-                    "and 2 workers), lost and duplicated events, next to mosquitto_sub's raw "
-                    "rate for the same stream.")
+        description="Starts Mosquitto, a gateway (`run --no-http --ingest-workers N`) and "
+                    "publisher processes on this machine and measures sustained events/s into "
+                    "SQLite and PostgreSQL with 1 and 2 ingest workers, lost and duplicated "
+                    "events, and CPU seconds per part, next to mosquitto_sub's raw rate for the "
+                    "same stream. The headline events_per_s is SQLite with 2 workers.")
     bench.add_argument("--events", type=int, default=20000)
     bench.add_argument("--devices", type=int, default=50)
     bench.add_argument("--backend", nargs="+", default=["sqlite", "postgresql"],
                        choices=("sqlite", "postgresql"))
+    bench.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N",
+                       help="ingest worker counts to measure (default: 1 2)")
+    bench.add_argument("--repeat", type=int, default=1,
+                       help="run every configuration this many times, interleaved; the "
+                            "summary gives medians (default 1)")
+    bench.add_argument("--mqtt-protocol", type=int, choices=(3, 5),
+                       help="the gateway's MQTT version (default: the gateway's default)")
+    bench.add_argument("--publisher", choices=("mosquitto_pub", "paho"),
+                       default="mosquitto_pub",
+                       help="simulated gates: one mosquitto_pub each (default), or the two "
+                            "Python paho processes of earlier benchmarks")
     bench.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                        help="server where a scratch database is created and dropped")
     bench.add_argument("--json", action="store_true", help="compact JSON on one line")

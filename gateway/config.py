@@ -21,8 +21,14 @@ class ServiceConfig:
     centre: str = "+"
     client_id: str = "gerbang-gateway"
     #: Shared-subscription group for running several gateway workers on one stream (each needs
-    #: its own client_id); None = this gateway takes every event itself.
+    #: its own client_id); None = this gateway takes every event itself (or, with
+    #: ``ingest_workers`` > 1, the group ``gerbang-ingest``).
     share_group: str | None = None
+    #: Ingest processes ``run`` keeps going: itself plus ``ingest_workers - 1`` ingest-only
+    #: children with client ids ``{client_id}-2`` … ``{client_id}-N``, all in one share group,
+    #: all writing to ``db`` (SQLite in WAL mode, or PostgreSQL). Each is one Python process
+    #: with its own MQTT loop; see docs/gateway.md for how many a machine can use.
+    ingest_workers: int = 1
     #: Serve the dashboard and API (False for pure ingest workers).
     http: bool = True
     #: The centre's clock for pages and the PDF report, hours from UTC: 7 WIB, 8 WITA, 9 WIT.
@@ -38,6 +44,11 @@ class ServiceConfig:
         require(-12 <= self.display_utc_offset_h <= 14, "display_utc_offset_h",
                 "must be -12..14 hours")
         require(self.retention_days >= 0, "retention_days", "must be >= 0 (0 = keep)")
+        require(1 <= self.ingest_workers <= 32, "ingest_workers",
+                f"must be 1..32, got {self.ingest_workers}")
+        require(self.share_group is None or (bool(self.share_group) and not any(
+            c in self.share_group for c in "/+#")), "share_group",
+            "must be a plain name (no '/', '+' or '#')")
 
 
 @dataclass

@@ -11,6 +11,7 @@ in ``schema_migrations``.
 from __future__ import annotations
 
 import json
+import operator
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ from gerbang.wire import AlarmEvent, CheckinEvent
 
 EVENT_COLUMNS = ("event_id", "device_id", "centre", "room", "session", "seq", "ts", "outcome",
                  "reason", "applicant_id", "score", "latency_ms", "frame_ref", "card_id", "mode")
+_event_row = operator.attrgetter(*EVENT_COLUMNS)
 
 # (version, description, DDL with {real} / {serial} placeholders for the dialect's types)
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -127,7 +129,7 @@ class Store:
     def insert_events(self, events: Iterable[CheckinEvent]) -> int:
         """Store events not seen before in one transaction; returns how many were new."""
         now = time.time()
-        rows = [(*(getattr(e, c) for c in EVENT_COLUMNS), now) for e in events]
+        rows = [(*_event_row(e), now) for e in events]
         if not rows:
             return 0
         return self._executemany(
@@ -362,7 +364,13 @@ class Store:
 
 
 class SqliteStore(Store):
-    """SQLite in WAL mode through sqlite-utils; one connection per thread."""
+    """SQLite in WAL mode through sqlite-utils; one connection per thread.
+
+    Several processes may write to one file (``ingest_workers`` > 1). SQLite lets one write
+    at a time: each write transaction takes the write lock when it begins (``BEGIN
+    IMMEDIATE``) and waits up to ``busy_timeout`` for it. Readers never block the writer in
+    WAL mode. Should a wait ever run out, the ingest retries the batch, unacknowledged.
+    """
 
     dialect = "sqlite"
 
@@ -382,21 +390,49 @@ class SqliteStore(Store):
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._sqlite_utils.Database(self.path)
-            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             # NORMAL is durable in WAL mode across process crashes (kill -9); only an OS crash
             # can lose the last commits, and devices keep events until the broker's PUBACK.
             db.execute("PRAGMA synchronous = NORMAL")
+            # Writes begin with BEGIN IMMEDIATE: a transaction that read first and then tried
+            # to write could fail at once with SQLITE_BUSY when another process wrote in
+            # between; taking the lock up front makes it wait (busy_timeout) instead.
+            db.conn.isolation_level = "IMMEDIATE"
             self._local.db = db
         return db
 
+    #: How long a write waits for another process's transaction before SQLITE_BUSY.
+    busy_timeout_ms = 5000
+
+    def _migrate(self) -> None:
+        # Several workers may open a new file at the same moment: the first takes the write
+        # lock and migrates, the others wait for it and then find nothing left to do.
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._local.in_migration = True
+        try:
+            super()._migrate()
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+        finally:
+            self._local.in_migration = False
+
+    @staticmethod
+    def _rows(cursor: Any) -> list[dict[str, Any]]:
+        if cursor.description is None:
+            return []
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         conn = self.db.conn
+        if getattr(self._local, "in_migration", False):  # inside _migrate's transaction
+            return self._rows(conn.execute(sql, tuple(params)))
         with conn:
-            cursor = conn.execute(sql, tuple(params))
-            if cursor.description is None:
-                return []
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            return self._rows(conn.execute(sql, tuple(params)))
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
         conn = self.db.conn
@@ -404,7 +440,6 @@ class SqliteStore(Store):
         with conn:
             conn.executemany(sql, rows)
         return conn.total_changes - before
-
 
     def _transaction(self, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
         conn = self.db.conn
