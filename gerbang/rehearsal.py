@@ -1222,24 +1222,25 @@ def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: Ga
 
 
 def _proc_usage(pid: int) -> tuple[float, float] | None:
-    """(CPU seconds used, resident MB) of a process: psutil when installed, else /proc."""
+    """(CPU seconds used, proportional set size in MB) of a process, from /proc.
+
+    PSS, not RSS: a gate is five processes sharing Python, NumPy and OpenCV pages, and RSS
+    would count those once per process; PSS shares them out, so the sum over all processes is
+    what the machine really holds.
+    """
     try:
-        import psutil
-    except ImportError:
-        psutil = None
-    try:
-        if psutil is not None:
-            proc = psutil.Process(pid)
-            times = proc.cpu_times()
-            return times.user + times.system, proc.memory_info().rss / 2**20
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2:].split()
         ticks = os.sysconf("SC_CLK_TCK")
         cpu = (int(fields[11]) + int(fields[12])) / ticks
-        rss_kb = next(int(line.split()[1]) for line in
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            kb = next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+        except (OSError, StopIteration):  # kernels without smaps_rollup: RSS
+            kb = next(int(line.split()[1]) for line in
                       Path(f"/proc/{pid}/status").read_text().splitlines()
                       if line.startswith("VmRSS:"))
-        return cpu, rss_kb / 1024
+        return cpu, kb / 1024
     except Exception:  # the process just ended (killed by a fault): no sample this round
         return None
 
@@ -1985,7 +1986,7 @@ def analyse(plan: Plan, faults: list[Fault], samples: list[dict[str, Any]],
 
 
 def summarise_resources(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Peak RSS and CPU per process (gates summarised and listed), totals, load average."""
+    """Peak memory (PSS) and CPU per process (gates summarised and listed), totals, load."""
     per: dict[str, dict[str, Any]] = {}
     for sample in samples:
         for label, u in sample["usage"].items():
@@ -2128,7 +2129,7 @@ def plot_resources(result: dict[str, Any], path: Path) -> None:
     samples = result["samples"]
     t_end = max([1.0] + [s["t"] for s in samples]) * 1.02
     panels = [((60, 60, width - 40, 250), "rss_total_mb", 1 / 1024,
-               "GB resident, all processes", BLUE),
+               "GB memory (PSS), all processes", BLUE),
               ((60, 300, width - 40, height - 60), "cpu_total", 1.0,
                "CPU % of all processes (200 = both cores); grey: load average x 100", RED)]
     for rect, key, scale, label, colour in panels:
@@ -2386,15 +2387,16 @@ def write_report(result: dict[str, Any], workdir: Path) -> Path:
     res = result["resources"]
     add("## Resources\n")
     load = res["load"]
-    add(f"Peak resident memory of all processes together: **{res['peak_total_rss_mb'] / 1024:.1f}"
-        f" GB**; mean CPU {res['mean_total_cpu_pct']:.0f} % (200 % = both cores). Load average "
+    add(f"Peak memory (PSS: shared pages counted once) of all processes together: "
+        f"**{res['peak_total_rss_mb'] / 1024:.1f} GB**; mean CPU "
+        f"{res['mean_total_cpu_pct']:.0f} % (200 % = both cores). Load average "
         f"during the morning {load.get('min', 0):.1f}–{load.get('max', 0):.1f} (mean "
         f"{load.get('mean', 0):.1f}); this machine is shared, so other work counts in it.\n")
     add("![resources](plots/resources.png)\n")
     rows = res["per_process"]
     gates = [r for r in rows if r["process"].startswith(CENTRE + "-")]
     others = [r for r in rows if r not in gates]
-    add("| Process | Peak RSS MB | Mean CPU % | Peak CPU % | CPU s | Processes (a restart "
+    add("| Process | Peak PSS MB | Mean CPU % | Peak CPU % | CPU s | Processes (a restart "
         "adds one) |\n|---|---|---|---|---|---|")
     for r in others:
         add(f"| {r['process']} | {r['peak_rss_mb']:.0f} | {r['mean_cpu_pct']:.1f} | "
@@ -2408,7 +2410,7 @@ def write_report(result: dict[str, Any], workdir: Path) -> Path:
             f"{sum(r['cpu_s'] for r in gates):.0f} (all) | "
             f"{sum(r['pids'] for r in gates)} |")
         add("\n<details><summary>Every gate</summary>\n")
-        add("| Gate | Peak RSS MB | Mean CPU % | Peak CPU % | CPU s | Processes |\n"
+        add("| Gate | Peak PSS MB | Mean CPU % | Peak CPU % | CPU s | Processes |\n"
             "|---|---|---|---|---|---|")
         for r in gates:
             add(f"| {r['process']} | {r['peak_rss_mb']:.0f} | {r['mean_cpu_pct']:.1f} | "
