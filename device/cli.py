@@ -9,12 +9,17 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device.infer.bundle import ModelBundleError, load_bundle
 from device.keyfile import KeyFileError
 from device.roster import RosterError
 from gerbang.config import ConfigError
 from gerbang.logs import setup_logging
+
+if TYPE_CHECKING:
+    from device.bus import Bus
+    from device.config import DeviceConfig
 
 log = logging.getLogger("device")
 
@@ -35,6 +40,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     return 2 if "refused_by" in result else 0
+
+
+def _camera_lost(config: DeviceConfig, bus: Bus, reason: str) -> None:
+    """The capture worker's ``camera_lost`` alarm: through the outbox, like every alarm."""
+    from device import bus as busmod
+    from device.alarms import record_alarm
+    from device.outbox import Outbox
+
+    outbox = Outbox(config.outbox_path)
+    try:
+        record_alarm(outbox, config.gate, "camera_lost", reason[:300])
+    finally:
+        outbox.close()
+    nudge = busmod.sender(bus, busmod.UPLINK)
+    busmod.send_json(nudge, {"op": "outbox"})
+    nudge.close()
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -62,10 +83,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
         result = run_checkin(config, bus, stop)
     else:
-        from device.processes.capture import run_capture
+        from device.processes.capture import CameraAlarm, run_capture
 
-        result = run_capture(config.capture, bus, stop)
-    write_result(bus.directory, args.name, result)
+        result = run_capture(config.capture, bus, stop, CameraAlarm(
+            lambda reason: _camera_lost(config, bus, reason)))
+    from device.service import peak_rss_mb
+
+    write_result(bus.directory, args.name, {**result, "peak_rss_mb": peak_rss_mb()})
     return 0
 
 

@@ -210,3 +210,55 @@ def test_a_failing_camera_reaches_the_consumer(tmp_path):
 
     with pytest.raises(OSError, match="unplugged"):
         list(NewestFrameSource(Broken()).frames())
+
+
+def test_a_camera_that_cannot_be_opened_raises_one_camera_lost_alarm(tmp_path):
+    """The capture worker on a gate whose Pi camera is missing (here: picamera2 cannot even be
+    imported): the gateway hears ``camera_lost`` once, with the reason, while the worker keeps
+    trying to reopen it; SIGTERM still stops it at once, mid back-off."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from waiting import wait_until
+
+    from device.outbox import Outbox
+
+    data = tmp_path / "gate"
+    config = tmp_path / "device.toml"
+    config.write_text(f"""
+[gate]
+device_id = "c1-r01-cam"
+centre = "c1"
+room = "R01"
+session = "S1"
+data_dir = "{data}"
+[capture]
+source = "picamera2"
+[gpio]
+pin_factory = "mock"
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "worker", "capture",
+                             "--config", str(config)], stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: (data / "outbox.sqlite").exists()
+                   and Outbox(data / "outbox.sqlite").depth() >= 1, 60, "the camera alarm")
+        time.sleep(2.0)  # more reopen attempts (after 0.5 s, 1 s, ...): no further alarm
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=10)
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Not the back-off's next 2 s, nor the supervisor's 10 s before SIGKILL.
+    assert proc.returncode == 0 and stopped_in < 5.0, (stopped_in, stderr.decode()[-2000:])
+    assert stderr.decode().count("camera cannot be opened") >= 2
+    pending = Outbox(data / "outbox.sqlite").pending()
+    assert len(pending) == 1 and pending[0].topic.endswith("/alarms")
+    alarm = json.loads(pending[0].payload)
+    assert alarm["alarm"] == "camera_lost" and "open failed" in alarm["detail"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,6 +39,7 @@ class LiveSource:
         self.on_fault = on_fault or (lambda reason: None)
         self.faults = 0
         self._closed = False
+        self._stopping = threading.Event()  # wakes a reopen back-off at once
 
     # back-end hooks ------------------------------------------------------------------------
     def _open(self) -> None:
@@ -69,7 +71,7 @@ class LiveSource:
             except Exception as exc:
                 log.error("camera cannot be opened (%s); retrying in %.1fs", exc, delay)
                 self.on_fault(f"open failed: {exc}")
-                time.sleep(delay)
+                self._stopping.wait(delay)
                 delay = min(delay * 2, self.reopen_max_s)
         return False
 
@@ -96,9 +98,15 @@ class LiveSource:
                 yield Frame(image=image, ts=time.time(), index=index)
                 index += 1
 
+    def request_stop(self) -> None:
+        """Make ``frames()`` end after the frame being read (or at once, while reopening);
+        safe from another thread, unlike ``close()``, which releases the camera."""
+        self._closed = True
+        self._stopping.set()
+
     def close(self) -> None:
         """Stop and release the camera."""
-        self._closed = True
+        self.request_stop()
         try:
             self._release()
         except Exception:

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -23,16 +24,41 @@ log = logging.getLogger(__name__)
 END_REPEAT_S = 10.0
 
 
-def open_camera(capture: CaptureConfig) -> FrameSource:
-    """The camera the config names, unwrapped (live cameras open lazily in ``frames()``)."""
+def open_camera(capture: CaptureConfig,
+                on_fault: Callable[[str], None] | None = None) -> FrameSource:
+    """The camera the config names, unwrapped (live cameras open lazily in ``frames()``);
+    ``on_fault(reason)`` hears each failure of a live camera (it is reopened by itself)."""
     size = (capture.width, capture.height)
     fps = capture.fps or 15.0
     if capture.source == "picamera2":
-        return PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s)
+        return PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s, on_fault=on_fault)
     if capture.source == "v4l2":
-        return V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s)
+        return V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s,
+                          on_fault=on_fault)
     assert capture.path is not None  # validated by CaptureConfig
     return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
+
+
+class CameraAlarm:
+    """Turns camera faults into one ``camera_lost`` alarm per outage.
+
+    A camera that stays away fails every reopen attempt; the gateway needs to hear that it is
+    gone once, and again only if it comes back (a frame is read) and then fails again.
+    """
+
+    def __init__(self, raise_alarm: Callable[[str], None]) -> None:
+        self.raise_alarm = raise_alarm
+        self.down = False
+        self.alarms = 0
+
+    def fault(self, reason: str) -> None:
+        if not self.down:
+            self.down = True
+            self.alarms += 1
+            self.raise_alarm(reason)
+
+    def frame(self) -> None:
+        self.down = False
 
 
 def is_paced(capture: CaptureConfig) -> bool:
@@ -70,20 +96,28 @@ class _Publisher:
         return [self.run, self.position]
 
 
-def run_capture(capture: CaptureConfig, bus: Bus, stop: threading.Event) -> dict[str, int]:
-    """Publish frames until the source ends (replay) or ``stop``; returns counters."""
-    source = open_camera(capture)
+def run_capture(capture: CaptureConfig, bus: Bus, stop: threading.Event,
+                camera_alarm: CameraAlarm | None = None) -> dict[str, int]:
+    """Publish frames until the source ends (replay) or ``stop``; returns counters.
+    ``camera_alarm`` hears the live camera's faults and every frame read."""
+    alarm = camera_alarm or CameraAlarm(lambda reason: None)
+    source = open_camera(capture, on_fault=alarm.fault)
     paced = is_paced(capture)
     # Only paced stills are one presentation per frame; a replay asked to behave like a camera
     # (capture.realtime) reports no event for an empty frame, like a camera.
     out = _Publisher(bus, visit=bool(source.one_frame_per_visit) and paced)
     log.info("capture: %s%s", capture.source,
              " (paced: one frame per request from the check-in)" if paced else "")
+    request_stop = getattr(source, "request_stop", None)
+    if request_stop is not None:  # a live camera may wait in a reopen back-off: wake it
+        threading.Thread(target=lambda: (stop.wait(), request_stop()), name="capture-stop",
+                         daemon=True).start()
     try:
         if paced:
             _serve_paced(source, out, bus, stop)
         else:
             for frame in source.frames():
+                alarm.frame()
                 out.publish(frame)
                 if stop.is_set():
                     break
@@ -96,7 +130,8 @@ def run_capture(capture: CaptureConfig, bus: Bus, stop: threading.Event) -> dict
     finally:
         source.close()
         out.sock.close()
-    return {"frames": out.position + 1, "published": out.published}
+    return {"frames": out.position + 1, "published": out.published,
+            "camera_alarms": alarm.alarms}
 
 
 def _serve_paced(source: FrameSource, out: _Publisher, bus: Bus, stop: threading.Event) -> None:

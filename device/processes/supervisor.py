@@ -235,11 +235,18 @@ class Supervisor:
 
     def _summary(self) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        peaks: dict[str, float] = {}
         for name in ("checkin", "uplink", "gate", "capture"):
             path = result_path(self.bus.directory, name)
             if path.exists():
                 counters = json.loads(path.read_text())
+                if counters.get("peak_rss_mb") is not None:
+                    peaks[name] = counters["peak_rss_mb"]
                 result.update({k: v for k, v in counters.items() if k not in result})
+        # peak_rss_mb stays the check-in's (models, roster: what grows with a room); the
+        # whole gate is the sum, an upper bound since the workers share library pages.
+        result["peak_rss_mb_by_worker"] = peaks
+        result["peak_rss_mb_all_workers"] = round(sum(peaks.values()), 1)
         result["restarts"] = {name: max(w.starts - 1, 0) for name, w in self.workers.items()}
         if self.refused is not None:
             result["refused_by"] = self.refused[0]
