@@ -7,6 +7,8 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from device.infer.liveness import (
 from device.infer.pipeline import FacePipeline
 from device.liveness_gate import LivenessGate
 from device.outbox import Outbox
+from device.roster import Roster
 from device.roster_source import RosterSource
 from device.screen import Screen
 from device.uplink import Uplink
@@ -136,16 +139,27 @@ def watch_uplink(uplink: Uplink, screen: Screen, stop: threading.Event) -> threa
     return thread
 
 
-def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run the gate until the frame source ends (replay) or ``stop`` is set / SIGTERM arrives.
+@dataclass
+class Judge:
+    """Everything the check-in needs to judge a face, loaded and checked at start."""
 
-    Start-up order puts the checks that can refuse to start first (models, roster), before any
-    pin or network is touched. Returns the run's counters.
+    bundle: ModelBundle
+    #: Run once the service is ready: confirms a pending model update (else does nothing).
+    confirm_models: Callable[[], None]
+    rosters: RosterSource
+    roster: Roster
+    pipeline: FacePipeline
+    threshold: float
+    liveness: LivenessGate | None
+
+
+def load_judge(config: DeviceConfig) -> Judge:
+    """Models (verified), roster and threshold: the checks that can refuse to start, first.
+
+    The installed model update if there is one (a pending one is confirmed once ready, or
+    rolled back), else [models] bundle_dir / the shipped bundle; every sha256 is verified.
     """
-    stop = stop or threading.Event()
     ident = config.gate
-    # The installed model update if there is one (a pending one is confirmed once ready, or
-    # rolled back), else [models] bundle_dir / the shipped bundle; verifies every sha256.
     bundle, confirm_models = model_update.bundle_for_start(config)
     rosters = RosterSource(config, bundle)
     roster = rosters.load()
@@ -162,8 +176,23 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
              ", ".join(f"{k}={v[:12]}" for k, v in bundle.hashes().items()),
              roster.version, len(roster.entries), gallery.score_kind, threshold,
              config.match.target_far, "" if config.match.threshold is None else " [override]")
+    return Judge(bundle, confirm_models, rosters, roster, pipeline, threshold,
+                 _liveness_gate(config, bundle))
 
-    liveness = _liveness_gate(config, bundle)
+
+def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run the gate until the frame source ends (replay) or ``stop`` is set / SIGTERM arrives.
+
+    Start-up order puts the checks that can refuse to start first (models, roster), before any
+    pin or network is touched. Returns the run's counters.
+    """
+    stop = stop or threading.Event()
+    ident = config.gate
+    judge = load_judge(config)
+    bundle, confirm_models, rosters, roster = (judge.bundle, judge.confirm_models,
+                                               judge.rosters, judge.roster)
+    pipeline, threshold = judge.pipeline, judge.threshold
+    liveness = judge.liveness
     use_pin_factory(config.gpio.pin_factory)
     loop_ref: list[CheckinLoop] = []
 

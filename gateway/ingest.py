@@ -62,6 +62,19 @@ def _nul_field(payload: bytes, parsed: Any) -> str | None:
     return None
 
 
+def _from_sender(message: Any, parts: Any, payload: bytes) -> Any:
+    """``message`` if its device and centre are its topic's and no text holds a NUL; else
+    WireError. A device may only speak for itself: the topic is what the broker's ACL checks
+    against the device's certificate, the payload is only what the device claims."""
+    if (message.device_id, message.centre) != (parts.device, parts.centre):
+        raise wire.WireError(f"device_id/centre {message.device_id}/{message.centre} "
+                             f"does not match topic {parts.centre}/{parts.device}")
+    nul = _nul_field(payload, message)
+    if nul:
+        raise wire.WireError(f"{nul}: contains a NUL character")
+    return message
+
+
 @dataclass
 class IngestStats:
     """Counters since start, for /api/stats and the demo summary."""
@@ -151,16 +164,7 @@ class Ingest:
         try:
             parts = _topic_parts(msg.topic)
             if parts.leaf == "events":
-                event = wire.parse_event(msg.payload)
-                if (event.device_id, event.centre) != (parts.device, parts.centre):
-                    # A device may only speak for itself: the topic is what the broker ACL
-                    # checks.
-                    raise wire.WireError(f"device_id/centre {event.device_id}/{event.centre} "
-                                         f"does not match topic {parts.centre}/{parts.device}")
-                nul = _nul_field(msg.payload, event)
-                if nul:
-                    raise wire.WireError(f"{nul}: contains a NUL character")
-                return "event", event
+                return "event", _from_sender(wire.parse_event(msg.payload), parts, msg.payload)
             if parts.leaf in ("status", "telemetry"):
                 if len(msg.payload) > wire.MAX_PAYLOAD_BYTES:
                     raise wire.WireError(f"{parts.leaf} payload larger than "
@@ -170,14 +174,7 @@ class Ingest:
                     raise wire.WireError(f"{parts.leaf} payload must be a JSON object")
                 return parts.leaf, (parts, body)
             if parts.leaf == "alarms":
-                alarm = wire.parse_alarm(msg.payload)
-                if (alarm.device_id, alarm.centre) != (parts.device, parts.centre):
-                    raise wire.WireError(f"device_id/centre {alarm.device_id}/{alarm.centre} "
-                                         f"does not match topic {parts.centre}/{parts.device}")
-                nul = _nul_field(msg.payload, alarm)
-                if nul:
-                    raise wire.WireError(f"{nul}: contains a NUL character")
-                return "alarm", alarm
+                return "alarm", _from_sender(wire.parse_alarm(msg.payload), parts, msg.payload)
             raise wire.WireError(f"topic leaf {parts.leaf!r} is not something the gateway "
                                  "ingests")
         except (wire.WireError, ValueError) as exc:

@@ -73,6 +73,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from device.processes import workers_of
 from gerbang.broker import MosquittoBroker, free_port
 from gerbang.demo import Visit as ScoredVisit
 from gerbang.demo import _prepare_gateway, _score, _wait_http, _write_device_config
@@ -482,23 +483,6 @@ def _replace_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def workers_of(supervisor_pid: int) -> dict[str, int]:
-    """``{worker name: pid}`` of a gate supervisor's live children (``… worker NAME …``)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == supervisor_pid and b"worker" in argv[:-1]:
-            found[argv[argv.index(b"worker") + 1].decode()] = int(entry.name)
-    return found
 
 
 #: The check-in worker's line once it judges frames again (after a start or a restart).

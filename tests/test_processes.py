@@ -28,6 +28,7 @@ import pytest
 from waiting import wait_until
 
 from device.outbox import Outbox
+from device.processes import workers_of
 from device.roster import Roster, RosterEntry, save_roster
 from device.uplink import Uplink
 from gateway.ingest import Ingest
@@ -44,23 +45,6 @@ def gateway(store, mosquitto):
     assert ingest.connected.wait(10)
     yield store
     ingest.stop()
-
-
-def workers_of(supervisor_pid: int) -> dict[str, int]:
-    """``{worker name: pid}`` of the supervisor's live children (from /proc)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == supervisor_pid and b"worker" in argv:
-            found[argv[argv.index(b"worker") + 1].decode()] = int(entry.name)
-    return found
 
 
 def relay_overruns(trace: Path) -> list[float]:

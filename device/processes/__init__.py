@@ -25,6 +25,24 @@ log = logging.getLogger(__name__)
 WORKERS = ("gate", "uplink", "checkin", "capture")
 
 
+def workers_of(supervisor_pid: int) -> dict[str, int]:
+    """``{worker name: pid}`` of a supervisor's live workers, read from /proc (Linux): for
+    tests, the rehearsal and a technician's scripts that must find one worker to inspect."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        if ppid == supervisor_pid and b"worker" in argv[:-1]:
+            found[argv[argv.index(b"worker") + 1].decode()] = int(entry.name)
+    return found
+
+
 def stop_on_signals(stop: threading.Event) -> None:
     """Set ``stop`` on SIGTERM and SIGINT (only possible from the main thread)."""
     if threading.current_thread() is threading.main_thread():

@@ -11,19 +11,15 @@ from typing import Any
 import zmq
 
 from device import bus as busmod
-from device import model_update
 from device.bus import Bus
 from device.capture.bus import BusFrameSource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.commands import CommandHandler, CommandResult
 from device.config import DeviceConfig
 from device.gate.remote import RemoteDoor
-from device.infer.bundle import calibrated_threshold
-from device.infer.pipeline import FacePipeline
 from device.outbox import Outbox
 from device.processes.capture import is_paced
-from device.roster_source import RosterSource
-from device.service import _liveness_gate, open_screen, peak_rss_mb, watch_uplink
+from device.service import load_judge, open_screen, peak_rss_mb, watch_uplink
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +107,8 @@ def serve_commands(bus: Bus, handler: CommandHandler, stop: threading.Event) -> 
 def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[str, Any]:
     """Load models and roster, then judge frames until the source ends or ``stop``."""
     ident = config.gate
-    bundle, confirm_models = model_update.bundle_for_start(config)
-    rosters = RosterSource(config, bundle)
-    roster = rosters.load()
-    if (roster.session, roster.room) != (ident.session, ident.room):
-        log.warning("roster is for session %s room %s but this gate is session %s room %s",
-                    roster.session, roster.room, ident.session, ident.room)
-    pipeline = FacePipeline.from_bundle(bundle, config.models.threads, config.models.runtime)
-    pipeline.flip_average = config.match.flip_average
-    gallery = roster.gallery()
-    threshold = (config.match.threshold if config.match.threshold is not None else
-                 calibrated_threshold(bundle, gallery.score_kind, config.match.target_far))
-    log.info("models verified and loaded (%s); roster v%d with %d applicants; %s scores, "
-             "threshold %.3f (FAR %g)%s",
-             ", ".join(f"{k}={v[:12]}" for k, v in bundle.hashes().items()),
-             roster.version, len(roster.entries), gallery.score_kind, threshold,
-             config.match.target_far, "" if config.match.threshold is None else " [override]")
-    liveness = _liveness_gate(config, bundle)
+    judge = load_judge(config)
+    rosters, bundle = judge.rosters, judge.bundle
 
     door = RemoteDoor(bus)
     outbox = Outbox(config.outbox_path)
@@ -136,10 +117,11 @@ def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[s
     if screen is not None:
         watch_uplink(UplinkState(bus, stop), screen, stop)  # type: ignore[arg-type]
     status = StatusPublisher(bus, {"ready": False, "models": bundle.hashes()})
-    loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
+    loop = CheckinLoop(judge.pipeline, judge.roster,
+                       MatchPolicy(judge.threshold, config.match.require_card),
                        config.quality, door, outbox, ident,
                        on_recorded=lambda: busmod.send_json(nudge, {"op": "outbox"}),
-                       liveness=liveness, screen=screen)
+                       liveness=judge.liveness, screen=screen)
     status.loop = loop
     # Only the roster command needs this process (it swaps the roster the loop judges
     # against); the uplink process runs the others itself.
@@ -147,7 +129,7 @@ def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[s
                              rosters.push_handler(loop.use_roster), None)
     serve_commands(bus, handler, stop)
     source = BusFrameSource(bus, is_paced(config.capture), stop)
-    confirm_models()
+    judge.confirm_models()
     status.fields["ready"] = True
     status.publish()
     status.heartbeat(stop)
