@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from device.config import GateIdentity
+from device.config import DeviceConfig, GateIdentity
 from device.outbox import Outbox
 from gerbang import wire
 
@@ -18,3 +18,19 @@ def record_alarm(outbox: Outbox, identity: GateIdentity, alarm: str,
         return wire.alarms_topic(identity.centre, identity.device_id), message.to_json()
 
     return outbox.append(build)
+
+
+def open_outbox(config: DeviceConfig) -> Outbox:
+    """The gate's outbox with its configured bound; the process whose append takes it to 80 %
+    raises ``outbox_near_full`` (once for all the gate's processes, until it drains below half).
+    """
+    outbox: Outbox
+
+    def near_full(depth: int) -> None:
+        record_alarm(outbox, config.gate, "outbox_near_full",
+                     f"{depth} of {config.outbox_max_events} events waiting for the broker: "
+                     "check the gate's network; frames without a face are dropped at the bound")
+
+    outbox = Outbox(config.outbox_path, max_events=config.outbox_max_events,
+                    on_near_full=near_full)
+    return outbox

@@ -156,8 +156,9 @@ class CheckinLoop:
                         None if score is None else round(score, 4), round(latency, 1),
                         frame.ref, card_id, mode)
 
-    def record(self, decision: Decision) -> int:
-        """Commit the decision to the outbox as a wire event; returns its seq."""
+    def record(self, decision: Decision) -> int | None:
+        """Commit the decision to the outbox as a wire event; returns its seq (None: a frame
+        without a face, not kept because the outbox is at its disk bound)."""
         ident = self.identity
 
         def build(seq: int) -> tuple[str, bytes]:
@@ -170,8 +171,11 @@ class CheckinLoop:
                 card_id=decision.card_id, mode=decision.mode)
             return wire.events_topic(ident.centre, ident.device_id), event.to_json()
 
-        seq = self.outbox.append(build)
-        self.on_recorded()
+        # Every decision is kept whatever the disk bound: the door depends on a record. Only a
+        # frame without a face may be dropped, and only at the bound.
+        seq = self.outbox.append(build, droppable=decision.outcome == "no_face")
+        if seq is not None:
+            self.on_recorded()
         return seq
 
     def record_alarm(self, alarm: str, detail: str | None = None) -> int:
@@ -263,6 +267,10 @@ class CheckinLoop:
         if decision is None or (decision.outcome == "no_face" and not report_no_face):
             return None
         seq = self.record(decision)
+        if seq is None:
+            log.warning("outbox at its bound (%d events): frame without a face not kept",
+                        self.outbox.max_events)
+            return decision
         if decision.outcome == "accepted":
             self.door.grant()
         elif decision.outcome == "refused":

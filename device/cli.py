@@ -45,10 +45,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _camera_lost(config: DeviceConfig, bus: Bus, reason: str) -> None:
     """The capture worker's ``camera_lost`` alarm: through the outbox, like every alarm."""
     from device import bus as busmod
-    from device.alarms import record_alarm
-    from device.outbox import Outbox
+    from device.alarms import open_outbox, record_alarm
 
-    outbox = Outbox(config.outbox_path)
+    outbox = open_outbox(config)
     try:
         record_alarm(outbox, config.gate, "camera_lost", reason[:300])
     finally:

@@ -298,6 +298,14 @@ class DeviceConfig:
     telemetry_interval_s: float = 30.0
     #: After a replay ends, how long to wait for the outbox to drain before exiting.
     drain_timeout_s: float = 30.0
+    #: The outbox's disk bound in events (about 400 bytes each): 200,000 is about 80 MB,
+    #: weeks of a busy gate with no network. At 80 % an ``outbox_near_full`` alarm goes out;
+    #: at the bound frames without a face are no longer stored; decisions always are.
+    outbox_max_events: int = 200_000
+
+    def __post_init__(self) -> None:
+        require(self.outbox_max_events >= 100, "outbox_max_events",
+                f"must be >= 100, got {self.outbox_max_events}")
 
     @property
     def roster_path(self) -> Path:

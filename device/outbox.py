@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('next_seq', 0), ('acked', 0);
 """
+#: Whether the near-full alarm may fire: kept in the database, so that of the gate's processes
+#: appending to one outbox exactly one raises it (set when the backlog falls below REARM).
+_ARMED = "near_full_armed"
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class Outbox:
         self.on_near_full = on_near_full
         self.dropped = 0
         self._depth = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        self._alarm_armed = self._depth < self.NEAR_FULL * max_events
+        self._db.execute("INSERT OR IGNORE INTO counters VALUES (?, ?)",
+                         (_ARMED, int(self._depth < self.NEAR_FULL * max_events)))
 
     def append(self, build: Callable[[int], tuple[str, bytes]],
                droppable: bool = False) -> int | None:
@@ -81,14 +85,14 @@ class Outbox:
         if droppable and self._depth >= self.max_events:
             self.dropped += 1
             return None
-        seq = self._append(build)
-        if self._alarm_armed and self._depth >= self.NEAR_FULL * self.max_events:
-            self._alarm_armed = False
-            if self.on_near_full is not None:
-                self.on_near_full(self._depth)
+        seq, near_full = self._append(build)
+        if near_full and self.on_near_full is not None:
+            self.on_near_full(self._depth)
         return seq
 
-    def _append(self, build: Callable[[int], tuple[str, bytes]]) -> int:
+    def _append(self, build: Callable[[int], tuple[str, bytes]]) -> tuple[int, bool]:
+        """(seq, whether this append took the backlog to NEAR_FULL while the alarm was armed:
+        then it is disarmed in the same transaction, so only one process reports it)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -99,12 +103,17 @@ class Outbox:
                     "INSERT INTO outbox (seq, topic, payload, created) VALUES (?, ?, ?, ?)",
                     (seq, topic, payload, time.time()))
                 self._db.execute("UPDATE counters SET value = value + 1 WHERE name='next_seq'")
+                self._depth = self._count()  # other processes append and remove too
+                near_full = False
+                if self._depth >= self.NEAR_FULL * self.max_events:
+                    near_full = self._db.execute(
+                        "UPDATE counters SET value = 0 WHERE name = ? AND value = 1",
+                        (_ARMED,)).rowcount == 1
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._depth = self._count()  # other processes append and remove too
-            return seq
+            return seq, near_full
 
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
@@ -128,10 +137,10 @@ class Outbox:
             removed = cur.rowcount
             self._db.execute("UPDATE counters SET value = value + ? WHERE name='acked'",
                              (removed,))
-            self._db.execute("COMMIT")
             self._depth = self._count()
             if self._depth < self.REARM * self.max_events:
-                self._alarm_armed = True
+                self._db.execute("UPDATE counters SET value = 1 WHERE name = ?", (_ARMED,))
+            self._db.execute("COMMIT")
             return removed
 
     def depth(self) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from device import model_update
+from device.alarms import open_outbox
 from device.capture import FrameSource
 from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.newest import NewestFrameSource
@@ -31,7 +32,6 @@ from device.infer.liveness import (
 )
 from device.infer.pipeline import FacePipeline
 from device.liveness_gate import LivenessGate
-from device.outbox import Outbox
 from device.roster import Roster
 from device.roster_source import RosterSource
 from device.screen import Screen
@@ -203,7 +203,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
             loop_ref[0].record_alarm(event.kind, detail)
 
     door = Gate(config.gpio, on_event=on_gate_event)
-    outbox = Outbox(config.outbox_path)
+    outbox = open_outbox(config)
     if outbox.depth():
         log.info("outbox holds %d unsent events from before; sending them first", outbox.depth())
     started = time.monotonic()

@@ -83,6 +83,23 @@ def test_bound_alarms_once_near_full_and_drops_only_droppable(tmp_path):
     assert reopened.depth() == 8  # the depth is counted again from disk on open
 
 
+def test_near_full_alarm_fires_once_across_the_gates_processes(tmp_path):
+    """The check-in, the gate controller and the uplink each open the same outbox: the alarm is
+    raised by exactly one of them, and re-armed for all once the backlog falls below half."""
+    alarms = []
+    boxes = [Outbox(tmp_path / "o.sqlite", max_events=10,
+                    on_near_full=lambda depth, n=n: alarms.append((n, depth))) for n in range(3)]
+    for i in range(12):
+        append(boxes[i % 3])
+    assert alarms == [(1, 8)]  # the 8th event (box 1's turn) crossed 80 %
+    boxes[2].remove(range(9))  # the uplink got PUBACKs: 3 left, below half
+    for i in range(6):
+        append(boxes[i % 3])
+    assert alarms == [(1, 8), (1, 8)]  # 3 + 5 = 8 again, box 1's turn again
+    for box in boxes:
+        box.close()
+
+
 def test_power_cut_mid_write_leaves_a_clean_database(tmp_path):
     """kill -9 at random moments while events are being committed: the database opens,
     passes SQLite's integrity check, and holds a gapless run of seqs."""

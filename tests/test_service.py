@@ -156,3 +156,27 @@ def test_enrolled_face_opens_stranger_does_not(tmp_path, mosquitto, gateway_proc
     rooms = gateway_proc.get("/api/rooms")
     assert rooms == [{"session": "S1", "room": "R01", "present": 2, "accepted_events": 2,
                       "refused": 1, "no_face": 0, "last_checkin": by_frame[1]["ts"], "gates": 1}]
+
+
+def test_an_outbox_at_its_bound_alarms_once_and_drops_only_frames_without_a_face(tmp_path):
+    """No broker for a long time: at 80 % of ``outbox_max_events`` one ``outbox_near_full``
+    alarm is queued for the gateway; at the bound, frames without a face are no longer kept."""
+    from device.outbox import Outbox
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    blank = np.zeros((48, 64, 3), np.uint8)
+    for i in range(130):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), blank)
+    config = write_device_config(tmp_path, free_port(), frames)  # nobody listens there
+    config.write_text("outbox_max_events = 100\ndrain_timeout_s = 1.0\n" + config.read_text())
+    proc = subprocess.run([sys.executable, "-m", "device.cli", "run", "--config", str(config),
+                           "--json"], capture_output=True, text=True, timeout=180, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["no_face"] == 99  # the 100th row is the alarm
+    rows = Outbox(tmp_path / "gate" / "outbox.sqlite").pending(limit=1000)
+    alarms = [json.loads(r.payload) for r in rows if r.topic.endswith("/alarms")]
+    assert len(rows) == 100 and len(alarms) == 1
+    assert alarms[0]["alarm"] == "outbox_near_full" and "80 of 100" in alarms[0]["detail"]
+    assert "frame without a face not kept" in proc.stderr

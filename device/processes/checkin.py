@@ -11,13 +11,13 @@ from typing import Any
 import zmq
 
 from device import bus as busmod
+from device.alarms import open_outbox
 from device.bus import Bus
 from device.capture.bus import BusFrameSource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.commands import CommandHandler, CommandResult
 from device.config import DeviceConfig
 from device.gate.remote import RemoteDoor
-from device.outbox import Outbox
 from device.processes.capture import is_paced
 from device.service import load_judge, open_screen, peak_rss_mb, watch_uplink
 
@@ -111,7 +111,7 @@ def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[s
     rosters, bundle = judge.rosters, judge.bundle
 
     door = RemoteDoor(bus)
-    outbox = Outbox(config.outbox_path)
+    outbox = open_outbox(config)
     nudge = busmod.sender(bus, busmod.UPLINK)
     screen = open_screen(config.screen)
     if screen is not None:

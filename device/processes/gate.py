@@ -18,12 +18,11 @@ from typing import Any
 import zmq
 
 from device import bus as busmod
-from device.alarms import record_alarm
+from device.alarms import open_outbox, record_alarm
 from device.bus import Bus
 from device.config import DeviceConfig
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
-from device.outbox import Outbox
 from gerbang import wire
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def run_gate(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[str,
     """Serve door requests until ``stop``; returns counters."""
     ident = config.gate
     use_pin_factory(config.gpio.pin_factory)
-    outbox = Outbox(config.outbox_path)
+    outbox = open_outbox(config)
     nudge = busmod.sender(bus, busmod.UPLINK)
     lock = threading.Lock()  # gpiozero callbacks and the gate's timers call on_event
 

@@ -14,13 +14,12 @@ import zmq
 
 from device import bus as busmod
 from device import model_update
-from device.alarms import record_alarm
+from device.alarms import open_outbox, record_alarm
 from device.bus import Bus
 from device.commands import CommandHandler, CommandResult
 from device.config import DeviceConfig
 from device.config_push import reported_config
 from device.gate.remote import RemoteDoor
-from device.outbox import Outbox
 from device.processes.checkin import command_result_from
 from device.service import cpu_temperature_c, peak_rss_mb
 from device.uplink import Uplink
@@ -81,7 +80,7 @@ def run_uplink(config: DeviceConfig, bus: Bus, stop: threading.Event,
     """Publish the outbox and serve commands until ``stop``; returns counters. A pushed
     config replaces ``config_path`` (none: config pushes are refused)."""
     ident = config.gate
-    outbox = Outbox(config.outbox_path)
+    outbox = open_outbox(config)
     if outbox.depth():
         log.info("outbox holds %d unsent events; sending them first", outbox.depth())
     door = RemoteDoor(bus)
