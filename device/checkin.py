@@ -87,6 +87,13 @@ class CheckinLoop:
         self.counts = {"accepted": 0, "refused": 0, "no_face": 0}
         self.frames = 0  # frames judged since start (telemetry: fps)
         self.latencies_ms: deque[float] = deque(maxlen=200)  # recent decisions (telemetry)
+        #: Recent per-stage inference times (detect, landmarks, align, embed; telemetry).
+        self.stage_ms: dict[str, deque[float]] = {}
+
+    def stage_p50_ms(self) -> dict[str, float]:
+        """Median time of each inference stage over the recent frames (telemetry)."""
+        return {stage: round(sorted(values)[len(values) // 2], 1)
+                for stage, values in list(self.stage_ms.items()) if values}
 
     def use_roster(self, roster: Roster) -> None:
         """Match against ``roster`` from the next frame on (a pushed roster replaces the old
@@ -112,6 +119,8 @@ class CheckinLoop:
             log.exception("frame %s: inference failed; refusing", frame.index)
             return self._decision(frame, "refused", "bad_frame")
         self.last_reading = reading
+        for stage, ms in reading.timings_ms.items():
+            self.stage_ms.setdefault(stage, deque(maxlen=200)).append(ms)
         card_id = card.applicant_id if card else None
         _, problem = assess(reading, frame.image.shape, self.quality)
         if problem == "no_face":

@@ -226,6 +226,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
                 "decisions": dict(loop.counts) if loop else {},
                 "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None,
                 "latency_p95_ms": latencies[int(len(latencies) * 0.95)] if latencies else None,
+                "stage_p50_ms": loop.stage_p50_ms() if loop else {},
                 "outbox_depth": outbox.depth(), "peak_rss_mb": round(peak_rss_mb() or 0.0, 1),
                 "cpu_temp_c": cpu_temperature_c(), "disk_free_mb": disk.free // 2**20}
 

@@ -117,6 +117,8 @@ def test_telemetry_reaches_the_gateway(running_gate):
     telemetry = store.devices()[0]["telemetry"]
     assert telemetry["outbox_depth"] >= 0 and telemetry["disk_free_mb"] > 0
     assert {"latency_p50_ms", "uptime_s", "decisions", "cpu_temp_c"} <= set(telemetry)
+    wait_until(lambda: "detect" in store.devices()[0]["telemetry"].get("stage_p50_ms", {}), 15,
+               "per-stage inference times in the telemetry")
 
 
 def test_command_handler_never_raises():

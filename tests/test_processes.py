@@ -217,6 +217,13 @@ def test_pushed_config_is_applied_by_restarting_the_workers_and_a_bad_one_refuse
         # Every worker restarted with it (the gate controller too: the pin map may change).
         assert set(second) == set(first) and not set(second.values()) & set(first.values())
 
+        # The uplink worker's telemetry (every 5 s now) carries the check-in worker's figures.
+        wait_until(lambda: store.devices() and "embed" in store.devices()[0]["telemetry"].get(
+            "stage_p50_ms", {}), 30, "telemetry from the supervised gate")
+        telemetry = store.devices()[0]["telemetry"]
+        assert telemetry["fps"] > 0 and telemetry["checkin_ready"] is True
+        assert telemetry["outbox_depth"] >= 0 and telemetry["latency_p50_ms"] > 0
+
         broken = desired.replace("relay_pulse_s = 3.0", "relay_pulse_s = -1")
         refused = push_config(broker, CENTRE, DEVICE, broken, version=2)
         assert refused.ok is False and "relay_pulse_s" in refused.detail

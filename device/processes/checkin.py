@@ -74,6 +74,7 @@ class StatusPublisher:
                   "decisions": dict(loop.counts) if loop else {},
                   "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None,
                   "latency_p95_ms": latencies[int(len(latencies) * 0.95)] if latencies else None,
+                  "stage_p50_ms": loop.stage_p50_ms() if loop else {},
                   "roster_version": loop.roster.version if loop else None,
                   "checkin_peak_rss_mb": peak_rss_mb()}
         with self._lock:
