@@ -15,9 +15,11 @@ socket                pattern      from → to              carries
                                                           roster or models; the result
 ``checkin-status``    PUB/SUB      check-in → uplink,     progress, counters, models and
                                    supervisor             roster in use
-``uplink-status``     PUB/SUB      uplink → check-in      broker connected or not
+``uplink-status``     PUB/SUB      uplink → check-in,     broker connected or not (also
+                                   supervisor             the uplink's heartbeat)
 ``supervisor``        PUSH/PULL    uplink → supervisor    "restart the workers" (config
                                                           pushed)
+``gate-status``       PUB/SUB      gate → supervisor      heartbeat of the gate controller
 ====================  ===========  =====================  =============================
 
 Decisions never travel on the bus: the check-in process commits each one to the SQLite outbox
@@ -50,6 +52,7 @@ COMMANDS = "commands"
 CHECKIN_STATUS = "checkin-status"
 UPLINK_STATUS = "uplink-status"
 SUPERVISOR = "supervisor"
+GATE_STATUS = "gate-status"
 
 #: A grant older than this when the gate process reads it is dropped, not acted on: it was
 #: queued while the gate process restarted, and the applicant it was for has moved on; opening

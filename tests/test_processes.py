@@ -300,3 +300,36 @@ storage_key = "{bundle_dir / 'storage.key'}"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
+
+
+@pytest.mark.slow
+@pytest.mark.faces
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_hung_uplink_is_killed_and_restarted(tmp_path, mosquitto, gateway, faces_root,
+                                               pipeline):
+    """A worker that is alive but stuck (here: SIGSTOP) sends no heartbeat: after
+    HUNG_AFTER_S the supervisor kills it and starts another; nothing recorded meanwhile is lost."""
+    from device.processes.supervisor import HUNG_AFTER_S
+
+    store = gateway
+    config, data, _ = _gate(tmp_path, mosquitto.port, faces_root, pipeline)
+    log = open(tmp_path / "device.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(config)],
+                            stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: store.counts()["events"] >= 4, 60, "check-ins flowing")
+        stuck = workers_of(proc.pid)["uplink"]
+        os.kill(stuck, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_until(lambda: workers_of(proc.pid).get("uplink", stuck) != stuck,
+                   HUNG_AFTER_S + 30, "a new uplink worker")
+        took = time.monotonic() - stopped_at
+        assert HUNG_AFTER_S - 1 <= took <= HUNG_AFTER_S + 15, took
+        recorded = Outbox(data / "outbox.sqlite").counters()["appended"]
+        wait_until(lambda: store.counts()["events"] >= recorded, 60,
+                   "what the gate recorded while its uplink hung, delivered")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    assert "uplink worker hung (no heartbeat" in (tmp_path / "device.log").read_text()

@@ -73,11 +73,14 @@ def run_gate(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[str,
     trace = (RelayTrace(gate, Path(os.environ[PIN_TRACE_ENV]))
              if os.environ.get(PIN_TRACE_ENV) and config.gpio.pin_factory == "mock" else None)
     requests = bus.bind(zmq.PULL, busmod.DOOR)
+    heartbeat = busmod.newest_wins_publisher(bus, busmod.GATE_STATUS)
     counts = {"granted": 0, "refused": 0, "stale": 0}
     log.info("gate controller ready (relay pulse %.1fs, %s)", config.gpio.relay_pulse_s,
              "fail-safe" if config.gpio.fail_safe else "fail-secure")
     try:
         while not stop.is_set():
+            # From this loop, not a thread of its own: it proves requests are being served.
+            busmod.send_json(heartbeat, {"unlocked": gate.unlocked})
             request = busmod.recv_json(requests, 200)
             if request is None:
                 continue
@@ -102,6 +105,7 @@ def run_gate(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[str,
                     log.warning("unknown status %r", request["state"][:40])
     finally:
         requests.close()
+        heartbeat.close()
         nudge.close()
         gate.close()
         outbox.close()

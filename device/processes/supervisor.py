@@ -3,6 +3,8 @@
 - A worker that dies (crash, kill -9, OOM) is started again: the gate controller at once
   (it drives the relay locked first thing), the others after a short back-off that grows while
   they keep dying and resets once one has run a while.
+- A gate controller or uplink whose main loop stops beating for ``HUNG_AFTER_S`` (deadlock,
+  SIGSTOP, a driver call that never returns) is killed and restarted the same way.
 - A worker that refuses to start (exit code 2: bad config, altered models, no roster) stops the
   whole service with its message: restarting would refuse again, and systemd's own restart
   policy (with its rate limit) is the right place for that loop.
@@ -49,6 +51,13 @@ BACKOFF_S, BACKOFF_MAX_S = 0.25, 10.0
 HEALTHY_AFTER_S = 30.0
 #: How long a worker gets to stop after SIGTERM before SIGKILL.
 STOP_TIMEOUT_S = 10.0
+#: A gate controller or uplink silent this long (its main loop beats every 0.2-0.5 s) is hung:
+#: it is killed and restarted like a crashed one. The check-in is watched by systemd's
+#: watchdog instead (progress, not just life), and the capture by its camera checks.
+HUNG_AFTER_S = 30.0
+#: Before its first heartbeat a worker is still starting (imports, opening pins): on a busy
+#: machine that alone can take tens of seconds, which is not a hang.
+START_GRACE_S = 120.0
 #: Between a restart request (config pushed) and the restart.
 RESTART_GRACE_S = 1.0
 PR_SET_PDEATHSIG = 1
@@ -89,6 +98,7 @@ class Supervisor:
         self.source_ended = False
         self.refused: tuple[str, int] | None = None
         self._progress_at: float | None = None
+        self._heard: dict[str, float] = {}  # worker -> monotonic time of its last heartbeat
 
     # workers -----------------------------------------------------------------------------
     def _spawn(self, worker: Worker) -> None:
@@ -170,6 +180,26 @@ class Supervisor:
             self._progress_at = progress
             self.systemd.pet()
 
+    def _read_heartbeats(self, beats: dict[str, zmq.Socket]) -> None:
+        for name, sock in beats.items():
+            if busmod.recv_json(sock, 0) is not None:
+                self._heard[name] = time.monotonic()
+
+    def _kill_hung(self, name: str) -> None:
+        worker = self.workers[name]
+        proc = worker.process
+        if proc is None or proc.poll() is not None:
+            return
+        heard = self._heard.get(name, 0.0)
+        if heard < worker.started_at:  # not heard from since it (re)started
+            silent, limit = time.monotonic() - worker.started_at, START_GRACE_S
+        else:
+            silent, limit = time.monotonic() - heard, HUNG_AFTER_S
+        if silent > limit:
+            log.error("%s worker hung (no heartbeat for %.0fs); killing it", name, silent)
+            proc.kill()
+            proc.wait()
+
     def _restart_all(self, why: str) -> None:
         log.warning("restarting all workers: %s", why)
         for name in reversed(WORKERS):  # camera first, gate controller last
@@ -190,6 +220,8 @@ class Supervisor:
         """Run until ``stop``, a refusal, or the end of a replay; returns the run's counters."""
         status = busmod.newest_wins_subscriber(self.bus, busmod.CHECKIN_STATUS)
         control = self.bus.bind(zmq.PULL, busmod.SUPERVISOR)
+        beats = {"gate": busmod.newest_wins_subscriber(self.bus, busmod.GATE_STATUS),
+                 "uplink": busmod.newest_wins_subscriber(self.bus, busmod.UPLINK_STATUS)}
         for name in WORKERS:
             self._spawn(self.workers[name])
         restart: tuple[float, str] | None = None
@@ -205,6 +237,9 @@ class Supervisor:
                 if restart is not None and time.monotonic() >= restart[0]:
                     self._restart_all(restart[1])
                     restart = None
+                self._read_heartbeats(beats)
+                for name in beats:
+                    self._kill_hung(name)
                 for worker in self.workers.values():
                     self._check_worker(worker)
                 if self.source_ended:
@@ -214,8 +249,8 @@ class Supervisor:
             self.systemd.stopping()
             for name in ("capture", "checkin", "uplink", "gate"):
                 self._stop_worker(self.workers[name])
-            status.close()
-            control.close()
+            for sock in (status, control, *beats.values()):
+                sock.close()
         return self._summary()
 
     def _drain(self) -> None:
