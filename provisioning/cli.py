@@ -798,6 +798,18 @@ def _cmd_config_push(args: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
+def _add_push_broker_args(parser: argparse.ArgumentParser) -> None:
+    """How a push command reaches the centre's broker (as the gateway: its certificate) and how
+    long it waits for the gates' acknowledgements."""
+    parser.add_argument("--broker-host", default="127.0.0.1")
+    parser.add_argument("--broker-port", type=int, default=8883)
+    parser.add_argument("--ca-file", type=Path, help="centre CA (turns TLS on)")
+    parser.add_argument("--cert-file", type=Path, help="the gateway's certificate")
+    parser.add_argument("--key-file", type=Path, help="the gateway's key")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for the acknowledgements (default 30)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface; help texts are written for the technician on site."""
     parser = argparse.ArgumentParser(
@@ -992,13 +1004,7 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
     push.add_argument("--centre", required=True, help="centre id, e.g. c01")
     push.add_argument("--device", action="append", required=True,
                       help="a gate id of the room (repeat for each gate)")
-    push.add_argument("--broker-host", default="127.0.0.1")
-    push.add_argument("--broker-port", type=int, default=8883)
-    push.add_argument("--ca-file", type=Path, help="centre CA (turns TLS on)")
-    push.add_argument("--cert-file", type=Path, help="the gateway's certificate")
-    push.add_argument("--key-file", type=Path, help="the gateway's key")
-    push.add_argument("--timeout", type=float, default=30.0,
-                      help="seconds to wait for the acknowledgements (default 30)")
+    _add_push_broker_args(push)
     push.set_defaults(func=_cmd_roster_push)
 
     cpush = sub.add_parser(
@@ -1024,13 +1030,7 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
                        help="config version; must be higher than the one the gate reports")
     cpush.add_argument("--device", required=True, help="the gate id, e.g. c01-r01-a")
     cpush.add_argument("--centre", help="centre id (default: [gate] centre of the file)")
-    cpush.add_argument("--broker-host", default="127.0.0.1")
-    cpush.add_argument("--broker-port", type=int, default=8883)
-    cpush.add_argument("--ca-file", type=Path, help="centre CA (turns TLS on)")
-    cpush.add_argument("--cert-file", type=Path, help="the gateway's certificate")
-    cpush.add_argument("--key-file", type=Path, help="the gateway's key")
-    cpush.add_argument("--timeout", type=float, default=30.0,
-                       help="seconds to wait for the acknowledgement (default 30)")
+    _add_push_broker_args(cpush)
     cpush.set_defaults(func=_cmd_config_push)
     return parser
 
