@@ -62,13 +62,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device import chunks, signed_layout
 from device.infer.bundle import DEFAULT_BUNDLE_DIR, ModelBundle, ModelBundleError, load_bundle
-from device.roster_file import public_key_id
-from device.signed_layout import LayoutError, split_signed
+from device.signed_layout import (
+    LayoutError,
+    SignatureMismatch,
+    check_signature,
+    public_key_id,
+    split_signed,
+)
 from gerbang.files import write_atomic
 
 if TYPE_CHECKING:
@@ -286,14 +290,6 @@ def _locate_damage(header_bytes: bytes, data: bytes) -> str:
             "the header lists)")
 
 
-def _claimed_signer(header_bytes: bytes) -> str | None:
-    try:
-        signer = json.loads(header_bytes).get("signer")
-    except (ValueError, AttributeError):
-        return None
-    return signer if isinstance(signer, str) else None
-
-
 def verify_model_archive(blob: bytes, public_key: Ed25519PublicKey) -> VerifiedModelArchive:
     """Check an archive's layout, its signature (before anything is parsed), its header, and
     every file's sha256; ModelUpdateRefused naming what failed."""
@@ -302,15 +298,13 @@ def verify_model_archive(blob: bytes, public_key: Ed25519PublicKey) -> VerifiedM
         raise ModelUpdateRefused(MALFORMED, f"archive is {len(blob)} bytes, more than the "
                                  f"{MAX_ARCHIVE_BYTES} a gate accepts")
     body, header_bytes, data, signature = _split(blob)
-    ours = public_key_id(public_key)
     try:
-        public_key.verify(signature, body)
-    except InvalidSignature:
-        claimed = _claimed_signer(header_bytes)
-        if claimed is not None and claimed != ours:
-            raise ModelUpdateRefused(WRONG_KEY, f"signed by key {claimed}, but this gate trusts "
-                                     f"only key {ours}: a bundle signed with another centre's "
-                                     "key (or one whose header was altered)") from None
+        check_signature(public_key, body, header_bytes, signature)
+    except SignatureMismatch as exc:
+        if exc.kind == WRONG_KEY:
+            raise ModelUpdateRefused(WRONG_KEY, f"signed by key {exc.claimed}, but this gate "
+                                     f"trusts only key {exc.ours}: a bundle signed with another "
+                                     "centre's key (or one whose header was altered)") from None
         raise ModelUpdateRefused(TAMPERED, f"the signature does not match the contents: "
                                  f"{_locate_damage(header_bytes, data)}; get a fresh copy "
                                  "from provisioning") from None
@@ -318,6 +312,7 @@ def verify_model_archive(blob: bytes, public_key: Ed25519PublicKey) -> VerifiedM
         header = ModelBundleHeader.from_dict(json.loads(header_bytes))
     except ValueError as exc:
         raise ModelUpdateRefused(MALFORMED, f"signed header is unreadable: {exc}") from None
+    ours = public_key_id(public_key)
     if header.signer != ours:
         raise ModelUpdateRefused(INCONSISTENT, f"header names signer {header.signer} but key "
                                  f"{ours} signed it")

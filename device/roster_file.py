@@ -33,13 +33,12 @@ copies holds a readable name or template.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,7 +46,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from device import signed_layout
 from device.keyfile import KEY_BYTES, key_id
 from device.roster import Roster, RosterError, roster_from_dict
-from device.signed_layout import LayoutError, split_signed
+from device.signed_layout import (
+    LayoutError,
+    SignatureMismatch,
+    check_signature,
+    public_key_id,
+    split_signed,
+)
 
 MAGIC = b"gerbang-signed-roster/1\n"
 SIGNATURE_BYTES = signed_layout.SIGNATURE_BYTES
@@ -127,12 +132,6 @@ class VerifiedRoster:
     roster: Roster
 
 
-def public_key_id(public_key: Ed25519PublicKey) -> str:
-    """Short fingerprint (16 hex) of a roster-signing public key, as printed and in headers."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
 def load_roster_public_key(path: Path) -> Ed25519PublicKey:
     """Read the centre's roster-signing public key (PEM); RosterError naming the file."""
     path = Path(path)
@@ -175,28 +174,17 @@ def _split(blob: bytes) -> tuple[bytes, bytes, bytes, bytes]:
         raise RosterRefused(exc.kind, f"not a usable signed Gerbang roster: {exc}{hint}") from None
 
 
-def _claimed_signer(header_bytes: bytes) -> str | None:
-    """The signer a header claims, read without trusting it (only to word a refusal)."""
-    try:
-        signer = json.loads(header_bytes).get("signer")
-    except (ValueError, AttributeError):
-        return None
-    return signer if isinstance(signer, str) else None
-
-
 def _authenticate(blob: bytes, public_key: Ed25519PublicKey,
                   ) -> tuple[SignedRosterHeader, bytes, bytes]:
     """Check the signature, then parse the header: (header, header bytes, payload)."""
     body, header_bytes, payload, signature = _split(bytes(blob))
-    ours = public_key_id(public_key)
     try:
-        public_key.verify(signature, body)
-    except InvalidSignature:
-        claimed = _claimed_signer(header_bytes)
-        if claimed is not None and claimed != ours:
-            raise RosterRefused(WRONG_KEY, f"signed by key {claimed}, but this gate trusts only "
-                                f"key {ours}: a roster signed with another centre's key (or "
-                                "an altered one)") from None
+        check_signature(public_key, body, header_bytes, signature)
+    except SignatureMismatch as exc:
+        if exc.kind == WRONG_KEY:
+            raise RosterRefused(WRONG_KEY, f"signed by key {exc.claimed}, but this gate trusts "
+                                f"only key {exc.ours}: a roster signed with another centre's "
+                                "key (or an altered one)") from None
         raise RosterRefused(TAMPERED, "the signature does not match the contents: the file was "
                             "altered or damaged after it was signed (one changed byte is "
                             "enough); get a fresh copy from provisioning") from None
@@ -204,6 +192,7 @@ def _authenticate(blob: bytes, public_key: Ed25519PublicKey,
         header = SignedRosterHeader.from_dict(json.loads(header_bytes))
     except ValueError as exc:  # includes JSON and UTF-8 errors
         raise RosterRefused(MALFORMED, f"signed header is unreadable: {exc}") from None
+    ours = public_key_id(public_key)
     if header.signer != ours:
         raise RosterRefused(INCONSISTENT, f"header names signer {header.signer} but key {ours} "
                             "signed it")

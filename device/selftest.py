@@ -514,7 +514,8 @@ def check_roster(config: DeviceConfig) -> CheckResult:
     also arrive later (copied into ``incoming/``), hence a warning rather than a failure.
     """
     from device.keyfile import key_id, read_secret_key
-    from device.roster_file import load_roster_public_key, public_key_id
+    from device.roster_file import load_roster_public_key
+    from device.signed_layout import public_key_id
     from device.template_store import read_store_header, store_path
 
     keys, ident = config.keys, config.gate

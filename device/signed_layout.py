@@ -9,7 +9,13 @@ over one kind of file can never be replayed as another.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import struct
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 LENGTH = struct.Struct(">I")
 SIGNATURE_BYTES = 64  # Ed25519
@@ -39,3 +45,42 @@ def split_signed(blob: bytes, magic: bytes) -> tuple[bytes, bytes, bytes, bytes]
                                       f"{len(blob)} bytes: altered or cut short")
     body, signature = blob[:-SIGNATURE_BYTES], blob[-SIGNATURE_BYTES:]
     return body, blob[start:start + header_len], body[start + header_len:], signature
+
+
+class SignatureMismatch(ValueError):
+    """The signature does not hold: ``kind`` is ``wrong_key`` when the header claims another
+    signer than the trusted key (``claimed``, ``ours``: key ids), else ``tampered``."""
+
+    def __init__(self, kind: str, claimed: str | None, ours: str) -> None:
+        super().__init__(kind)
+        self.kind, self.claimed, self.ours = kind, claimed, ours
+
+
+def public_key_id(public_key: Ed25519PublicKey) -> str:
+    """Short fingerprint (16 hex) of a signing public key, as printed and in headers."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def check_signature(public_key: Ed25519PublicKey, body: bytes, header_bytes: bytes,
+                    signature: bytes) -> None:
+    """Return when ``signature`` over ``body`` is the trusted key's; SignatureMismatch otherwise.
+
+    The signer a header claims is read without trusting it, only to tell "another centre's
+    key" from "altered" in the refusal: the signature alone decides.
+    """
+    try:
+        public_key.verify(signature, body)
+    except InvalidSignature:
+        ours = public_key_id(public_key)
+        claimed = _claimed_signer(header_bytes)
+        kind = "wrong_key" if claimed is not None and claimed != ours else "tampered"
+        raise SignatureMismatch(kind, claimed, ours) from None
+
+
+def _claimed_signer(header_bytes: bytes) -> str | None:
+    try:
+        signer = json.loads(header_bytes).get("signer")
+    except (ValueError, AttributeError):
+        return None
+    return signer if isinstance(signer, str) else None

@@ -44,9 +44,9 @@ from device.roster_file import (
     SignedRosterHeader,
     encode_header,
     payload_aad,
-    public_key_id,
     signed_body,
 )
+from device.signed_layout import public_key_id
 from gerbang.files import write_atomic
 from gerbang.wire import ID_PATTERN
 
