@@ -86,7 +86,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
         result = run_capture(config.capture, bus, stop, CameraAlarm(
             lambda reason: _camera_lost(config, bus, reason)))
-    from device.service import peak_rss_mb
+    from device.health import peak_rss_mb
 
     write_result(bus.directory, args.name, {**result, "peak_rss_mb": peak_rss_mb()})
     return 0

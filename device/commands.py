@@ -49,6 +49,13 @@ class CommandResult:
     detail: str
     command_id: str | None = None
 
+    @classmethod
+    def from_json(cls, name: str, payload: bytes) -> CommandResult:
+        """The result ``to_json`` wrote (how a command run in another process comes back)."""
+        body = json.loads(payload)
+        return cls(body.get("command", name), bool(body.get("ok")), str(body.get("detail", "")),
+                   body.get("command_id"))
+
     def to_json(self) -> bytes:
         """The acknowledgement payload."""
         return json.dumps({"schema": wire.SCHEMA_VERSION, "command": self.command,

@@ -9,20 +9,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from device import model_update
 from device.alarms import open_outbox
 from device.capture import FrameSource
-from device.capture.live import PiCameraSource, V4L2Source
+from device.capture.cameras import is_paced, open_camera
 from device.capture.newest import NewestFrameSource
-from device.capture.replay import ReplaySource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.commands import CommandHandler, CommandResult
 from device.config import CaptureConfig, DeviceConfig, ScreenConfig
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
+from device.health import cpu_temperature_c, peak_rss_mb
 from device.infer.bundle import ModelBundle, calibrated_threshold
 from device.infer.liveness import (
     DEFAULT_PASSIVE_MODEL,
@@ -42,43 +41,15 @@ from gerbang.sdnotify import SystemdNotifier
 log = logging.getLogger(__name__)
 
 
-def peak_rss_mb() -> float | None:
-    """This process's resident-memory high-water mark (VmHWM), in MB; None off Linux.
-
-    Read from /proc because getrusage's ru_maxrss survives exec and would report the parent's
-    size for a process started with fork+exec.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
 def open_source(capture: CaptureConfig) -> FrameSource:
-    """The frame source the config names (live cameras are opened lazily by ``frames()``)."""
-    size = (capture.width, capture.height)
-    fps = capture.fps or 15.0
-    # A live camera keeps running while the gate thinks: judge the newest frame, drop the rest,
-    # so decisions never lag behind a queue (device.capture.newest).
-    if capture.source == "picamera2":
-        return NewestFrameSource(PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s))
-    if capture.source == "v4l2":
-        return NewestFrameSource(V4L2Source(capture.device, size=size, fps=fps,
-                                            freeze_s=capture.freeze_s))
-    assert capture.path is not None  # validated by CaptureConfig
-    replay = ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
-    return NewestFrameSource(replay) if capture.realtime else replay
+    """The frame source the config names (live cameras are opened lazily by ``frames()``).
 
-
-def cpu_temperature_c() -> float | None:
-    """The SoC temperature on a Raspberry Pi (None where the kernel does not expose one)."""
-    try:
-        return round(int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000, 1)
-    except (OSError, ValueError):
-        return None
+    A live camera keeps running while the gate thinks: judge the newest frame, drop the rest,
+    so decisions never lag behind a queue (device.capture.newest). Paced replays (one
+    presentation per still) are read in order.
+    """
+    camera = open_camera(capture)
+    return camera if is_paced(capture) else NewestFrameSource(camera)
 
 
 def _liveness_gate(config: DeviceConfig, bundle: ModelBundle) -> LivenessGate | None:

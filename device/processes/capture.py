@@ -13,8 +13,7 @@ import zmq
 from device import bus as busmod
 from device.bus import Bus
 from device.capture import Frame, FrameSource
-from device.capture.live import PiCameraSource, V4L2Source
-from device.capture.replay import ReplaySource
+from device.capture.cameras import is_paced, open_camera
 from device.config import CaptureConfig
 
 log = logging.getLogger(__name__)
@@ -22,21 +21,6 @@ log = logging.getLogger(__name__)
 #: After a replay ends, the end marker is repeated this long so a check-in process that is
 #: restarting at that moment still hears it.
 END_REPEAT_S = 10.0
-
-
-def open_camera(capture: CaptureConfig,
-                on_fault: Callable[[str], None] | None = None) -> FrameSource:
-    """The camera the config names, unwrapped (live cameras open lazily in ``frames()``);
-    ``on_fault(reason)`` hears each failure of a live camera (it is reopened by itself)."""
-    size = (capture.width, capture.height)
-    fps = capture.fps or 15.0
-    if capture.source == "picamera2":
-        return PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s, on_fault=on_fault)
-    if capture.source == "v4l2":
-        return V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s,
-                          on_fault=on_fault)
-    assert capture.path is not None  # validated by CaptureConfig
-    return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
 
 
 class CameraAlarm:
@@ -59,11 +43,6 @@ class CameraAlarm:
 
     def frame(self) -> None:
         self.down = False
-
-
-def is_paced(capture: CaptureConfig) -> bool:
-    """Replayed stills not asked to behave like a camera: every frame must be judged."""
-    return capture.source == "replay" and not capture.realtime
 
 
 class _Publisher:

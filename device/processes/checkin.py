@@ -14,12 +14,13 @@ from device import bus as busmod
 from device.alarms import open_outbox
 from device.bus import Bus
 from device.capture.bus import BusFrameSource
+from device.capture.cameras import is_paced
 from device.checkin import CheckinLoop, MatchPolicy
-from device.commands import CommandHandler, CommandResult
+from device.commands import CommandHandler
 from device.config import DeviceConfig
 from device.gate.remote import RemoteDoor
-from device.processes.capture import is_paced
-from device.service import load_judge, open_screen, peak_rss_mb, watch_uplink
+from device.health import peak_rss_mb
+from device.service import load_judge, open_screen, watch_uplink
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +146,3 @@ def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[s
         outbox.close()
     return {**loop.counts, "frames": loop.frames, "door_unsent": door.unsent,
             "peak_rss_mb": peak_rss_mb()}
-
-
-def command_result_from(name: str, reply: bytes | None) -> CommandResult:
-    """The uplink's view of a forwarded command's reply (None: the check-in did not answer)."""
-    import json
-
-    if reply is None:
-        return CommandResult(name[:40], False, "check-in process did not answer (it may be "
-                             "restarting); send the command again")
-    body = json.loads(reply)
-    return CommandResult(body.get("command", name), bool(body.get("ok")),
-                         str(body.get("detail", "")), body.get("command_id"))

@@ -20,8 +20,7 @@ from device.commands import CommandHandler, CommandResult
 from device.config import DeviceConfig
 from device.config_push import reported_config
 from device.gate.remote import RemoteDoor
-from device.processes.checkin import command_result_from
-from device.service import cpu_temperature_c, peak_rss_mb
+from device.health import cpu_temperature_c, peak_rss_mb
 from device.uplink import Uplink
 from gerbang import __version__
 
@@ -69,10 +68,11 @@ class CommandForwarder:
     def forward(self, name: str, payload: bytes) -> CommandResult:
         self._sock.send_multipart([name.encode(), payload])
         if self._sock.poll(int(FORWARD_TIMEOUT_S * 1000)):
-            return command_result_from(name, self._sock.recv())
+            return CommandResult.from_json(name, self._sock.recv())
         self._sock.close()  # a REQ socket without its reply cannot send again
         self._sock = self._connect()
-        return command_result_from(name, None)
+        return CommandResult(name[:40], False, "check-in process did not answer (it may be "
+                             "restarting); send the command again")
 
 
 def run_uplink(config: DeviceConfig, bus: Bus, stop: threading.Event,
