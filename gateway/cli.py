@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gerbang.config import ConfigError
+from gerbang.stopping import stop_processes
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -149,15 +150,7 @@ class _WorkerPool:
     def stop(self) -> None:
         """Stop every child (each finishes its batch first), waiting up to 15 s."""
         self._stopping.set()
-        live = [p for p in self.procs if p is not None and p.poll() is None]
-        for proc in live:
-            proc.terminate()
-        for proc in live:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, timeout=15)
 
 
 def _retire(store: Store, config: GatewayConfig, quiet_s: float = 3.0) -> int:

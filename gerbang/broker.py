@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from gerbang.stopping import stop_processes
+
 log = logging.getLogger(__name__)
 
 CONFIG_TEMPLATE = Path(__file__).parent / "conf" / "mosquitto-local.conf"
@@ -87,16 +89,7 @@ class MosquittoBroker:
 
     def stop(self, kill: bool = False) -> None:
         """Stop (SIGTERM saves the persistence file; ``kill`` = SIGKILL, an abrupt crash)."""
-        if self.process and self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_processes([self.process], timeout=10, kill=kill)
         self.process = None
 
     def log_errors(self) -> list[str]:

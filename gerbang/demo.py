@@ -32,6 +32,7 @@ import cv2
 
 from gerbang.broker import free_port, start_local_broker
 from gerbang.logs import setup_logging
+from gerbang.stopping import stop_processes
 
 log = logging.getLogger("demo")
 
@@ -346,14 +347,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                 pass
         return summary
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs, timeout=15)
         broker.stop()
 
 

@@ -79,6 +79,7 @@ from gerbang.demo import Visit as ScoredVisit
 from gerbang.demo import _prepare_gateway, _score, _wait_http, _write_device_config
 from gerbang.files import write_atomic
 from gerbang.progress import progress
+from gerbang.stopping import stop_processes
 
 log = logging.getLogger("rehearsal")
 
@@ -581,14 +582,8 @@ class GateRig:
         """SIGTERM (the service closes its outbox and uplink), SIGKILL if it hangs."""
         self.alive = False
         self.up.clear()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs; killing it", self.device_id, timeout)
-                self.process.kill()
-                self.process.wait()
+        if stop_processes([self.process], timeout):
+            log.warning("%s did not stop within %.0fs; killed it", self.device_id, timeout)
 
     def on_read(self, name: str) -> None:
         """The camera thread of the service closed ``name`` after reading it (inotify)."""
@@ -846,13 +841,7 @@ class GatewayRunner:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it hangs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_processes([self.process], timeout=20)
 
 
 def _api(base_url: str, method: str, path: str, token: str | None = None,

@@ -40,6 +40,7 @@ from device.config import DeviceConfig, load_device_config
 from device.outbox import Outbox
 from device.processes import WORKERS, result_path
 from gerbang.sdnotify import SystemdNotifier
+from gerbang.stopping import stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +118,8 @@ class Supervisor:
                         worker.process.pid, worker.starts)
 
     def _stop_worker(self, worker: Worker) -> None:
-        proc = worker.process
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            log.error("%s worker did not stop in %.0fs; killing it", worker.name,
-                      STOP_TIMEOUT_S)
-            proc.kill()
-            proc.wait()
+        if stop_processes([worker.process], STOP_TIMEOUT_S):
+            log.error("%s worker did not stop in %.0fs; killed it", worker.name, STOP_TIMEOUT_S)
 
     def _check_worker(self, worker: Worker) -> None:
         proc = worker.process
