@@ -47,6 +47,16 @@ def gateway(store, mosquitto):
     ingest.stop()
 
 
+def start_service(config: Path, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``gerbang-device run --config … --json`` as systemd starts it: stderr (every worker's
+    log) to ``log_path``, the run's JSON summary on stdout."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "device.cli", "run", "--config", str(config), "--json"],
+            stdout=subprocess.PIPE, stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+
+
 def relay_overruns(trace: Path) -> list[float]:
     """For each time the relay went off: seconds since the last grant before it (a grant
     during a pulse restarts the pulse, so "on longer than the pulse" means this exceeds it)."""
@@ -114,10 +124,7 @@ def test_any_worker_killed_mid_stream_loses_nothing_and_never_holds_the_door(
     store = gateway
     config, data, people = _gate(tmp_path, mosquitto.port, faces_root, pipeline)
     trace = tmp_path / "relay.jsonl"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GERBANG_PIN_TRACE": str(trace)}
-    log = open(tmp_path / "device.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(config),
-                             "--json"], stdout=subprocess.PIPE, stderr=log, env=env)
+    proc = start_service(config, tmp_path / "device.log", GERBANG_PIN_TRACE=str(trace))
     killed: dict[str, tuple[int, int]] = {}
     try:
         wait_until(lambda: len(workers_of(proc.pid)) == 4, 30, "four workers")
@@ -146,7 +153,6 @@ def test_any_worker_killed_mid_stream_loses_nothing_and_never_holds_the_door(
     finally:
         if proc.poll() is None:
             proc.kill()
-        log.close()
     summary = json.loads(out.decode().strip().splitlines()[-1])
     assert summary["restarts"] == {"gate": 1, "uplink": 1, "checkin": 1, "capture": 1}
     assert len(killed) == 4
@@ -195,10 +201,7 @@ def test_pushed_config_is_applied_by_restarting_the_workers_and_a_bad_one_refuse
     watcher.connect("127.0.0.1", mosquitto.port)
     watcher.subscribe(wire.status_topic(CENTRE, DEVICE), qos=1)
     watcher.loop_start()
-    log = open(tmp_path / "device.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(config),
-                             "--json"], stdout=subprocess.PIPE, stderr=log,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_service(config, tmp_path / "device.log")
     broker = BrokerConfig(port=mosquitto.port)
     try:
         wait_until(lambda: any(b.get("models") for b in births), 60, "the birth message")
@@ -239,7 +242,6 @@ def test_pushed_config_is_applied_by_restarting_the_workers_and_a_bad_one_refuse
         watcher.loop_stop()
         if proc.poll() is None:
             proc.kill()
-        log.close()
 
 
 @pytest.mark.slow
@@ -276,9 +278,7 @@ roster_public_key = "{bundle_dir / 'roster-signing.pub'}"
 roster_transport_key = "{bundle_dir / 'roster-transport.key'}"
 storage_key = "{bundle_dir / 'storage.key'}"
 """)
-    log = open(tmp_path / "device.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(config)],
-                            stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_service(config, tmp_path / "device.log")
     broker = BrokerConfig(port=mosquitto.port)
     try:
         wait_until(lambda: any(r["applicant_id"] == "A1" for r in store.events()), 60,
@@ -299,7 +299,6 @@ storage_key = "{bundle_dir / 'storage.key'}"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-        log.close()
 
 
 @pytest.mark.slow
@@ -315,9 +314,7 @@ def test_a_hung_uplink_or_gate_controller_is_killed_and_restarted(
 
     store = gateway
     config, data, _ = _gate(tmp_path, mosquitto.port, faces_root, pipeline)
-    log = open(tmp_path / "device.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config", str(config)],
-                            stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = start_service(config, tmp_path / "device.log")
     try:
         wait_until(lambda: store.counts()["events"] >= 4, 60, "check-ins flowing")
         stuck = {name: workers_of(proc.pid)[name] for name in ("uplink", "gate")}
@@ -334,6 +331,5 @@ def test_a_hung_uplink_or_gate_controller_is_killed_and_restarted(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-        log.close()
     text = (tmp_path / "device.log").read_text()
     assert "uplink worker hung (no heartbeat" in text and "gate worker hung (no heartbeat" in text
