@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
+from waiting import wait_until
 
 from gerbang import wire
 from gerbang.broker import free_port, wait_for_port
@@ -36,15 +37,6 @@ DEV_A, DEV_B, DEV_C = "c01-r01-a", "c01-r02-a", "c01-r03-a"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 NOT_AUTHORIZED = 0x87
 TIMEOUT = 5.0
-
-
-def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +80,7 @@ class TLSBroker:
         assert self.process is not None
         mark = self.log().count("Reloading config.")
         os.kill(self.process.pid, signal.SIGHUP)
-        wait_until(lambda: self.log().count("Reloading config.") > mark, what="SIGHUP reload")
+        wait_until(lambda: self.log().count("Reloading config.") > mark, TIMEOUT, "SIGHUP reload")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -207,7 +199,7 @@ class Probe:
 
     def subscribe(self, topic: str) -> list:
         _, mid = self.client.subscribe(topic, qos=1)
-        wait_until(lambda: mid in self.subacks, what=f"SUBACK for {topic}")
+        wait_until(lambda: mid in self.subacks, TIMEOUT, f"SUBACK for {topic}")
         return self.subacks[mid]
 
     def received(self, topic: str) -> list[bytes]:
@@ -264,7 +256,7 @@ def test_devices_publish_own_events_and_gateway_receives_them(env, probes):
         assert not probe.publish(wire.events_topic(CENTRE, device), sent[device]).is_failure
     for device in (DEV_A, DEV_B):
         topic = wire.events_topic(CENTRE, device)
-        wait_until(lambda t=topic: gateway.received(t), what=f"gateway to get {topic}")
+        wait_until(lambda t=topic: gateway.received(t), TIMEOUT, f"gateway to get {topic}")
         assert gateway.received(topic) == [sent[device]]
     # Every stream a gate publishes is allowed by the ACL: door alarms, telemetry, its birth
     # and its command acknowledgements too (MQTT 5 PUBACK would say "not authorized").
@@ -291,7 +283,7 @@ def test_device_cannot_publish_as_another_device(env, probes):
     # the marker, anything forged before it would have arrived too.
     marker = wire.events_topic(CENTRE, DEV_A)
     assert not device_a.publish(marker, event_payload(DEV_A, 2)).is_failure
-    wait_until(lambda: gateway.received(marker), what="marker")
+    wait_until(lambda: gateway.received(marker), TIMEOUT, "marker")
     assert gateway.received(forged_events) == []
     assert gateway.received(forged_unlock) == []
     assert device_a.client.is_connected()  # a denied publish does not disconnect
@@ -306,7 +298,7 @@ def test_mqtt311_device_denial_is_silent(env, probes):
     assert not device_b.publish(forged, event_payload(DEV_A, 7)).is_failure  # acked anyway
     marker = wire.events_topic(CENTRE, DEV_B)
     device_b.publish(marker, event_payload(DEV_B, 8))
-    wait_until(lambda: gateway.received(marker), what="marker")
+    wait_until(lambda: gateway.received(marker), TIMEOUT, "marker")
     assert gateway.received(forged) == []
 
 
@@ -327,8 +319,8 @@ def test_device_only_receives_its_own_commands(env, probes):
     a_unlock = wire.device_topic(CENTRE, DEV_A, "cmd/unlock")
     assert not gateway.publish(b_unlock, b'{"schema":1}').is_failure
     assert not gateway.publish(a_unlock, b'{"schema":1}').is_failure
-    wait_until(lambda: device_b.received(b_unlock), what="B's own command")
-    wait_until(lambda: device_a.received(a_unlock), what="A's own command")
+    wait_until(lambda: device_b.received(b_unlock), TIMEOUT, "B's own command")
+    wait_until(lambda: device_a.received(a_unlock), TIMEOUT, "A's own command")
     assert device_a.received(b_unlock) == []
     # Through the wide subscription A sees nothing but its own commands either.
     assert {t for t, _ in device_a.messages} == {a_unlock}, (wide, device_a.messages)
@@ -349,7 +341,7 @@ def test_client_without_certificate_is_refused(env, probes):
     probe = probes(None)
     assert not probe.connect()
     wait_until(lambda: "peer did not return a certificate" in env.broker.log(),
-               what="the broker to log the missing certificate")
+               TIMEOUT, "the broker to log the missing certificate")
 
 
 def test_certificate_from_another_ca_is_refused(env, probes):
@@ -357,7 +349,7 @@ def test_certificate_from_another_ca_is_refused(env, probes):
     probe = probes(env.foreign)  # same CN as device A, but signed by another centre's CA
     assert not probe.connect()
     wait_until(lambda: env.broker.log().count("certificate verify failed") > mark,
-               what="the broker to log the failed verification")
+               TIMEOUT, "the broker to log the failed verification")
 
 
 def test_device_refuses_a_broker_it_does_not_trust(env, probes):
@@ -384,7 +376,7 @@ def test_revoked_device_cannot_connect(env, probes):
     assert live.client.is_connected() and not live.disconnected.is_set()
     # A restart drops every session; the revoked device cannot come back, the others can.
     env.broker.restart()
-    wait_until(live.disconnected.is_set, what="the live session to drop on restart")
+    wait_until(live.disconnected.is_set, TIMEOUT, "the live session to drop on restart")
     assert not probes(env.devices[DEV_C]).connect()
     assert connected(probes, env.devices[DEV_B])
     assert connected(probes, gateway_cert(env))
