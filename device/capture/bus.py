@@ -33,7 +33,6 @@ class BusFrameSource:
         self.stop = stop
         #: Set from each frame's header: replayed stills are one presentation per frame.
         self.one_frame_per_visit = paced
-        self.received = 0
         self._frames = busmod.newest_wins_subscriber(bus, busmod.FRAMES)
         self._credits = busmod.sender(bus, busmod.CREDITS) if paced else None
 
@@ -58,7 +57,6 @@ class BusFrameSource:
                 continue  # a resend of the frame already judged
             last = key
             self.one_frame_per_visit = bool(header.get("visit", False))
-            self.received += 1
             yield frame
             self._ask(last)
 

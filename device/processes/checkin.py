@@ -24,7 +24,8 @@ from device.service import load_judge, open_screen, watch_uplink
 
 log = logging.getLogger(__name__)
 
-#: Status is published at most this often on progress (and at least this often without).
+#: How often the check-in publishes its status (the supervisor's watchdog and the uplink's
+#: telemetry read the latest).
 STATUS_EVERY_S = 0.5
 
 
@@ -56,14 +57,11 @@ class StatusPublisher:
         self.loop: CheckinLoop | None = None
         self.started = time.monotonic()
         self.progress_at: float | None = None
-        self._sent_at = 0.0
-        self._lock = threading.Lock()  # the loop and the heartbeat thread both publish
 
     def progressed(self) -> None:
-        """Called after each frame: the watchdog's proof that the pipeline advances."""
+        """Called after each frame: the watchdog's proof that the pipeline advances (only a
+        timestamp: the heartbeat thread publishes it)."""
         self.progress_at = time.monotonic()
-        if self.progress_at - self._sent_at >= STATUS_EVERY_S:
-            self.publish()
 
     def publish(self) -> None:
         loop = self.loop
@@ -78,12 +76,11 @@ class StatusPublisher:
                   "stage_p50_ms": loop.stage_p50_ms() if loop else {},
                   "roster_version": loop.roster.version if loop else None,
                   "checkin_peak_rss_mb": peak_rss_mb()}
-        with self._lock:
-            self._sent_at = time.monotonic()
-            busmod.send_json(self._sock, status)
+        busmod.send_json(self._sock, status)
 
     def heartbeat(self, stop: threading.Event) -> None:
-        """Publish at least every STATUS_EVERY_S (the uplink's telemetry reads the latest)."""
+        """Publish every STATUS_EVERY_S from a thread of its own (from then on the only user of
+        the socket: ZeroMQ sockets are not thread-safe)."""
 
         def beat() -> None:
             while not stop.wait(STATUS_EVERY_S):

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,6 @@ class Worker:
     deaths: int = 0
     restart_at: float | None = None
     starts: int = 0
-    exits: list[int] = field(default_factory=list)
 
 
 class Supervisor:
@@ -133,7 +132,6 @@ class Supervisor:
                 worker.deaths = 0
             return
         worker.process = None
-        worker.exits.append(code)
         if code == 0 and worker.name == "capture":
             log.info("capture worker finished: the replay has ended")
             return  # a camera never ends; a replay does, once
