@@ -29,7 +29,8 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-from test_pki_broker import MOSQUITTO, NOT_AUTHORIZED, Probe, TLSBroker, event_payload, wait_until
+from test_pki_broker import MOSQUITTO, NOT_AUTHORIZED, TIMEOUT, Probe, TLSBroker, event_payload
+from waiting import wait_until
 
 from device.cli import build_parser as device_parser
 from device.config import load_device_config
@@ -211,11 +212,11 @@ def test_the_broker_refuses_impersonation_and_clients_without_certificate(centre
         assert gate_a.publish(forged, event_payload("c01-r02-a", 99)).value == NOT_AUTHORIZED
         marker = wire.events_topic(CENTRE, "c01-r01-a")
         assert not gate_a.publish(marker, event_payload("c01-r01-a", 100)).is_failure
-        wait_until(lambda: gateway.received(marker), what="the marker after the forgery")
+        wait_until(lambda: gateway.received(marker), TIMEOUT, "the marker after the forgery")
         assert gateway.received(forged) == []
         assert not anonymous.connect()
         wait_until(lambda: "peer did not return a certificate" in centre.broker.log(),
-                   what="the broker to log the missing certificate")
+                   TIMEOUT, "the broker to log the missing certificate")
     finally:
         for probe in (gateway, gate_a, anonymous):
             probe.close()
