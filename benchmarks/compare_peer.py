@@ -50,6 +50,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from device.metrics import FARS, far_key, verification_report
+from gerbang.host import describe_host
 from gerbang.progress import progress
 
 GERBANG = "gerbang"
@@ -345,7 +346,12 @@ def render(result: dict[str, Any]) -> str:
     blas = {True: "with BLAS", False: "built-in BLAS", None: "BLAS unknown"}
     lines = [f"Gerbang {result.get(GERBANG, {}).get('revision')} vs face_recognition "
              f"{peer.get('face_recognition')} (dlib {peer.get('dlib')}, "
-             f"{blas[peer.get('dlib_uses_blas')]}); {result.get('threads')} thread(s)", ""]
+             f"{blas[peer.get('dlib_uses_blas')]}); {result.get('threads')} thread(s)"]
+    host = result.get("host") or {}
+    if host:
+        lines.append(f"host: {host.get('cpu_model')} ({host.get('cpu_id')}), {host.get('cpus')} "
+                     f"CPUs, {', '.join(host.get('vector_extensions') or []) or 'no SIMD flags'}")
+    lines.append("")
     for name, s in result["sets"].items():
         g, p = s["pipelines"][GERBANG], s["pipelines"][PEER]
         r = s["ratios"]
@@ -410,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = [ImageSet.load(d, args.limit_people) for d in args.dirs]
     gerbang = GerbangEmbedder(args.threads)
     peer = PeerEmbedder()
-    load_before = os.getloadavg()
+    host = describe_host()
     results: dict[str, dict[str, Any]] = {}
     for images in sets:
         key = images.name if images.name not in results else str(images.root)
@@ -418,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "threads": args.threads,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
-        "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "host": host,
+        "load_average_1m": {"before": host["load_average_1m"], "after": os.getloadavg()[0]},
         GERBANG: gerbang.describe(),
         PEER: peer.describe(),
         "sets": results,

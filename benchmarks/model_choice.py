@@ -53,6 +53,7 @@ from device.infer.landmarks import FaceMeshRefiner
 from device.infer.pipeline import FacePipeline, FaceReading
 from device.infer.quality import QualityConfig
 from device.infer.runtime import load_interpreter, runtime_name
+from gerbang.host import describe_host
 
 #: Gate protocol: templates from each person's first 3 photos (the registration selfies).
 ENROLL = 3
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "runtime": runtime,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {platform.system()}",
+        "host": describe_host(),
         "bundle_version": bundle.manifest.get("bundle_version"),
         "models": {role: digest[:12] for role, digest in bundle.hashes().items()},
         "sface_fp32": str(args.sface_fp32) if args.sface_fp32 else None,

@@ -22,6 +22,7 @@ from device.card import read_card
 from device.infer.bundle import ModelBundle
 from device.infer.match import Gallery
 from device.infer.pipeline import FacePipeline
+from gerbang.host import describe_host
 
 
 def _summary(samples_ms: list[float]) -> dict[str, float]:
@@ -87,8 +88,9 @@ def run_bench(bundle: ModelBundle, faces: Path, images: int = 200,
     if not paths:
         raise FileNotFoundError(f"no images under {faces}")
     read_image(paths[0])  # warm the decoder's first-call cost outside the timings
+    host = describe_host()  # before the runs: the load average is the background's, not ours
     runs = [bench_threads(bundle, paths, t, runtime) for t in (1, 2)]
-    return {"images": len(paths), "faces": str(faces), "runs": runs,
+    return {"images": len(paths), "faces": str(faces), "host": host, "runs": runs,
             # The 1-thread run is the headline (a Pi gate keeps its other cores for capture).
             "stages": runs[0]["stages"], "pipeline": runs[0]["pipeline"],
             "peak_rss_mb": round(_peak_rss_mb(), 1)}
