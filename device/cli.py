@@ -82,7 +82,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
         result = run_checkin(config, bus, stop)
     else:
-        from device.processes.capture import CameraAlarm, run_capture
+        from device.capture.cameras import CameraAlarm
+        from device.processes.capture import run_capture
 
         result = run_capture(config.capture, bus, stop, CameraAlarm(
             lambda reason: _camera_lost(config, bus, reason)))

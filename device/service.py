@@ -14,7 +14,7 @@ from typing import Any
 from device import model_update
 from device.alarms import open_outbox
 from device.capture import FrameSource
-from device.capture.cameras import is_paced, open_camera
+from device.capture.cameras import CameraAlarm, is_paced, open_camera
 from device.capture.newest import NewestFrameSource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.commands import CommandHandler, CommandResult
@@ -41,15 +41,17 @@ from gerbang.sdnotify import SystemdNotifier
 log = logging.getLogger(__name__)
 
 
-def open_source(capture: CaptureConfig) -> FrameSource:
+def open_source(capture: CaptureConfig, alarm: CameraAlarm | None = None) -> FrameSource:
     """The frame source the config names (live cameras are opened lazily by ``frames()``).
 
     A live camera keeps running while the gate thinks: judge the newest frame, drop the rest,
     so decisions never lag behind a queue (device.capture.newest). Paced replays (one
-    presentation per still) are read in order.
+    presentation per still) are read in order. ``alarm`` hears the camera's faults and frames.
     """
-    camera = open_camera(capture)
-    return camera if is_paced(capture) else NewestFrameSource(camera)
+    camera = open_camera(capture, on_fault=alarm.fault if alarm else None)
+    if is_paced(capture):
+        return camera
+    return NewestFrameSource(alarm.watch(camera) if alarm else camera)
 
 
 def _liveness_gate(config: DeviceConfig, bundle: ModelBundle) -> LivenessGate | None:
@@ -220,7 +222,14 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
                        config.quality, door, outbox, ident, on_recorded=uplink.notify,
                        liveness=liveness, screen=screen)
     loop_ref.append(loop)
-    source = open_source(config.capture)
+    # The same one-alarm-per-outage rule as the supervised capture worker.
+    source = open_source(config.capture, CameraAlarm(
+        lambda reason: loop.record_alarm("camera_lost", reason[:300])))
+    request_stop = getattr(source, "request_stop", None)
+    if request_stop is not None:
+        # A camera that never delivers a frame would keep the loop waiting past SIGTERM.
+        threading.Thread(target=lambda: (stop.wait(), request_stop()), name="camera-stop",
+                         daemon=True).start()
     systemd = SystemdNotifier()
     confirm_models()
     systemd.ready(f"gate {ident.device_id} room {ident.room}: {len(roster.entries)} applicants")

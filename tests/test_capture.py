@@ -262,3 +262,61 @@ pin_factory = "mock"
     assert len(pending) == 1 and pending[0].topic.endswith("/alarms")
     alarm = json.loads(pending[0].payload)
     assert alarm["alarm"] == "camera_lost" and "open failed" in alarm["detail"]
+
+
+def test_single_process_service_alarms_once_for_a_missing_camera_and_stops_on_sigterm(tmp_path):
+    """``run --single-process`` on a gate whose Pi camera is missing: the same one
+    ``camera_lost`` alarm as the supervised capture worker, and SIGTERM ends the run although
+    no frame ever arrived (the loop was waiting for one)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from waiting import wait_until
+
+    from device.outbox import Outbox
+    from device.roster import Roster, save_roster
+    from gerbang.broker import free_port
+
+    data = tmp_path / "gate"
+    save_roster(Roster("S1", "R01", 1, ()), data / "roster.json")
+    config = tmp_path / "device.toml"
+    config.write_text(f"""
+[gate]
+device_id = "c1-r01-cam"
+centre = "c1"
+room = "R01"
+session = "S1"
+data_dir = "{data}"
+[broker]
+port = {free_port()}
+[capture]
+source = "picamera2"
+[models]
+threads = 1
+[gpio]
+pin_factory = "mock"
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--single-process",
+                             "--config", str(config), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: (data / "outbox.sqlite").exists()
+                   and Outbox(data / "outbox.sqlite").depth() >= 1, 60, "the camera alarm")
+        time.sleep(2.0)  # more reopen attempts (after 0.5 s, 1 s, ...): no further alarm
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=20)
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and stopped_in < 5.0, (stopped_in, stderr.decode()[-2000:])
+    assert stderr.decode().count("camera cannot be opened") >= 2
+    pending = Outbox(data / "outbox.sqlite").pending()
+    assert len(pending) == 1 and pending[0].topic.endswith("/alarms")
+    alarm = json.loads(pending[0].payload)
+    assert alarm["alarm"] == "camera_lost" and "open failed" in alarm["detail"]

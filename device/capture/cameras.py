@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from device.capture import FrameSource
+from device.capture import Frame, FrameSource
 from device.capture.live import PiCameraSource, V4L2Source
 from device.capture.replay import ReplaySource
 from device.config import CaptureConfig
@@ -29,3 +29,53 @@ def open_camera(capture: CaptureConfig,
 def is_paced(capture: CaptureConfig) -> bool:
     """Replayed stills not asked to behave like a camera: every frame must be judged."""
     return capture.source == "replay" and not capture.realtime
+
+
+class CameraAlarm:
+    """Turns camera faults into one ``camera_lost`` alarm per outage.
+
+    A camera that stays away fails every reopen attempt; the gateway needs to hear that it is
+    gone once, and again only if it comes back (a frame is read) and then fails again.
+    """
+
+    def __init__(self, raise_alarm: Callable[[str], None]) -> None:
+        self.raise_alarm = raise_alarm
+        self.down = False
+        self.alarms = 0
+
+    def fault(self, reason: str) -> None:
+        """A camera fault (open or read failed, frozen): alarm if the camera was up."""
+        if not self.down:
+            self.down = True
+            self.alarms += 1
+            self.raise_alarm(reason)
+
+    def frame(self) -> None:
+        """A frame was read: the camera is up again."""
+        self.down = False
+
+    def watch(self, source: FrameSource) -> FrameSource:
+        """``source`` with every frame it yields counted as the camera being up."""
+        return _Watched(source, self)
+
+
+class _Watched:
+    """A frame source whose frames tell a ``CameraAlarm`` the camera works."""
+
+    def __init__(self, source: FrameSource, alarm: CameraAlarm) -> None:
+        self.source = source
+        self.alarm = alarm
+        self.one_frame_per_visit = source.one_frame_per_visit
+
+    def frames(self) -> Iterator[Frame]:
+        for frame in self.source.frames():
+            self.alarm.frame()
+            yield frame
+
+    def request_stop(self) -> None:
+        request_stop = getattr(self.source, "request_stop", None)
+        if request_stop is not None:
+            request_stop()
+
+    def close(self) -> None:
+        self.source.close()

@@ -73,6 +73,14 @@ class NewestFrameSource:
                     raise self._error
                 return
 
+    def request_stop(self) -> None:
+        """End ``frames()`` soon, from any thread: the camera stops after the frame it is
+        reading, or at once while it waits to reopen."""
+        self._stop.set()
+        request_stop = getattr(self.source, "request_stop", None)
+        if request_stop is not None:
+            request_stop()
+
     def close(self) -> None:
         """Stop reading and release the camera."""
         self._stop.set()

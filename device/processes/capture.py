@@ -6,14 +6,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import zmq
 
 from device import bus as busmod
 from device.bus import Bus
 from device.capture import Frame, FrameSource
-from device.capture.cameras import is_paced, open_camera
+from device.capture.cameras import CameraAlarm, is_paced, open_camera
 from device.config import CaptureConfig
 
 log = logging.getLogger(__name__)
@@ -21,28 +20,6 @@ log = logging.getLogger(__name__)
 #: After a replay ends, the end marker is repeated this long so a check-in process that is
 #: restarting at that moment still hears it.
 END_REPEAT_S = 10.0
-
-
-class CameraAlarm:
-    """Turns camera faults into one ``camera_lost`` alarm per outage.
-
-    A camera that stays away fails every reopen attempt; the gateway needs to hear that it is
-    gone once, and again only if it comes back (a frame is read) and then fails again.
-    """
-
-    def __init__(self, raise_alarm: Callable[[str], None]) -> None:
-        self.raise_alarm = raise_alarm
-        self.down = False
-        self.alarms = 0
-
-    def fault(self, reason: str) -> None:
-        if not self.down:
-            self.down = True
-            self.alarms += 1
-            self.raise_alarm(reason)
-
-    def frame(self) -> None:
-        self.down = False
 
 
 class _Publisher:
