@@ -415,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[variable] = str(args.threads)
     sets = [ImageSet.load(d, args.limit_people) for d in args.dirs]
     gerbang = GerbangEmbedder(args.threads)
+    # Read before the run: the tree may change while a 15-minute comparison is going on.
+    measured = gerbang.describe()
     peer = PeerEmbedder()
     host = describe_host()
     results: dict[str, dict[str, Any]] = {}
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "host": host,
         "load_average_1m": {"before": host["load_average_1m"], "after": os.getloadavg()[0]},
-        GERBANG: gerbang.describe(),
+        GERBANG: measured,
         PEER: peer.describe(),
         "sets": results,
         "summary": {
