@@ -212,21 +212,8 @@ def test_a_failing_camera_reaches_the_consumer(tmp_path):
         list(NewestFrameSource(Broken()).frames())
 
 
-def test_a_camera_that_cannot_be_opened_raises_one_camera_lost_alarm(tmp_path):
-    """The capture worker on a gate whose Pi camera is missing (here: picamera2 cannot even be
-    imported): the gateway hears ``camera_lost`` once, with the reason, while the worker keeps
-    trying to reopen it; SIGTERM still stops it at once, mid back-off."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from waiting import wait_until
-
-    from device.outbox import Outbox
-
+def _missing_camera_config(tmp_path, extra: str = ""):
+    """A gate config whose Pi camera is missing (picamera2 cannot even be imported here)."""
     data = tmp_path / "gate"
     config = tmp_path / "device.toml"
     config.write_text(f"""
@@ -240,9 +227,25 @@ data_dir = "{data}"
 source = "picamera2"
 [gpio]
 pin_factory = "mock"
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "worker", "capture",
-                             "--config", str(config)], stderr=subprocess.PIPE,
+{extra}""")
+    return config, data
+
+
+def _run_until_camera_alarm_then_sigterm(args, data):
+    """Start ``python -m device.cli ARGS``, wait for its first queued alarm, give it 2 s of
+    further reopen attempts, SIGTERM it; return (exit code, seconds to stop, stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from waiting import wait_until
+
+    from device.outbox import Outbox
+
+    proc = subprocess.Popen([sys.executable, "-m", "device.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         wait_until(lambda: (data / "outbox.sqlite").exists()
@@ -250,73 +253,49 @@ pin_factory = "mock"
         time.sleep(2.0)  # more reopen attempts (after 0.5 s, 1 s, ...): no further alarm
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        _, stderr = proc.communicate(timeout=10)
-        stopped_in = time.monotonic() - started
+        _, stderr = proc.communicate(timeout=20)
+        return proc.returncode, time.monotonic() - started, stderr.decode()
     finally:
         if proc.poll() is None:
             proc.kill()
-    # Not the back-off's next 2 s, nor the supervisor's 10 s before SIGKILL.
-    assert proc.returncode == 0 and stopped_in < 5.0, (stopped_in, stderr.decode()[-2000:])
-    assert stderr.decode().count("camera cannot be opened") >= 2
+
+
+def _assert_one_camera_lost_alarm(data):
+    import json
+
+    from device.outbox import Outbox
+
     pending = Outbox(data / "outbox.sqlite").pending()
     assert len(pending) == 1 and pending[0].topic.endswith("/alarms")
     alarm = json.loads(pending[0].payload)
     assert alarm["alarm"] == "camera_lost" and "open failed" in alarm["detail"]
+
+
+def test_a_camera_that_cannot_be_opened_raises_one_camera_lost_alarm(tmp_path):
+    """The capture worker on a gate whose Pi camera is missing: the gateway hears
+    ``camera_lost`` once, with the reason, while the worker keeps trying to reopen it; SIGTERM
+    still stops it at once, mid back-off."""
+    config, data = _missing_camera_config(tmp_path)
+    code, stopped_in, stderr = _run_until_camera_alarm_then_sigterm(
+        ["worker", "capture", "--config", str(config)], data)
+    # Not the back-off's next 2 s, nor the supervisor's 10 s before SIGKILL.
+    assert code == 0 and stopped_in < 5.0, (stopped_in, stderr[-2000:])
+    assert stderr.count("camera cannot be opened") >= 2
+    _assert_one_camera_lost_alarm(data)
 
 
 def test_single_process_service_alarms_once_for_a_missing_camera_and_stops_on_sigterm(tmp_path):
-    """``run --single-process`` on a gate whose Pi camera is missing: the same one
-    ``camera_lost`` alarm as the supervised capture worker, and SIGTERM ends the run although
-    no frame ever arrived (the loop was waiting for one)."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from waiting import wait_until
-
-    from device.outbox import Outbox
+    """``run --single-process`` on the same gate: the same one ``camera_lost`` alarm as the
+    supervised capture worker, and SIGTERM ends the run although no frame ever arrived (the
+    loop was waiting for one)."""
     from device.roster import Roster, save_roster
     from gerbang.broker import free_port
 
-    data = tmp_path / "gate"
+    config, data = _missing_camera_config(
+        tmp_path, f"[broker]\nport = {free_port()}\n[models]\nthreads = 1\n")
     save_roster(Roster("S1", "R01", 1, ()), data / "roster.json")
-    config = tmp_path / "device.toml"
-    config.write_text(f"""
-[gate]
-device_id = "c1-r01-cam"
-centre = "c1"
-room = "R01"
-session = "S1"
-data_dir = "{data}"
-[broker]
-port = {free_port()}
-[capture]
-source = "picamera2"
-[models]
-threads = 1
-[gpio]
-pin_factory = "mock"
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--single-process",
-                             "--config", str(config), "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        wait_until(lambda: (data / "outbox.sqlite").exists()
-                   and Outbox(data / "outbox.sqlite").depth() >= 1, 60, "the camera alarm")
-        time.sleep(2.0)  # more reopen attempts (after 0.5 s, 1 s, ...): no further alarm
-        proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        _, stderr = proc.communicate(timeout=20)
-        stopped_in = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0 and stopped_in < 5.0, (stopped_in, stderr.decode()[-2000:])
-    assert stderr.decode().count("camera cannot be opened") >= 2
-    pending = Outbox(data / "outbox.sqlite").pending()
-    assert len(pending) == 1 and pending[0].topic.endswith("/alarms")
-    alarm = json.loads(pending[0].payload)
-    assert alarm["alarm"] == "camera_lost" and "open failed" in alarm["detail"]
+    code, stopped_in, stderr = _run_until_camera_alarm_then_sigterm(
+        ["run", "--single-process", "--config", str(config), "--json"], data)
+    assert code == 0 and stopped_in < 5.0, (stopped_in, stderr[-2000:])
+    assert stderr.count("camera cannot be opened") >= 2
+    _assert_one_camera_lost_alarm(data)
