@@ -48,10 +48,8 @@ def open_source(capture: CaptureConfig, alarm: CameraAlarm | None = None) -> Fra
     so decisions never lag behind a queue (device.capture.newest). Paced replays (one
     presentation per still) are read in order. ``alarm`` hears the camera's faults and frames.
     """
-    camera = open_camera(capture, on_fault=alarm.fault if alarm else None)
-    if is_paced(capture):
-        return camera
-    return NewestFrameSource(alarm.watch(camera) if alarm else camera)
+    camera = open_camera(capture, alarm)
+    return camera if is_paced(capture) else NewestFrameSource(camera)
 
 
 def _liveness_gate(config: DeviceConfig, bundle: ModelBundle) -> LivenessGate | None:

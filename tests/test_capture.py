@@ -113,6 +113,38 @@ def test_camera_that_vanishes_is_reopened_when_it_returns():
     assert faults[0].startswith("read failed") and faults[1].startswith("open failed")
 
 
+def test_one_camera_lost_alarm_per_outage_and_again_after_the_camera_came_back():
+    """Two faults in one outage (read failed, then reopening failed) are one alarm; a frame
+    ends the outage, so the next failure is a new alarm."""
+    from device.capture.cameras import CameraAlarm
+
+    FakePicamera2.instances.clear()
+
+    def fails_after(n, seed):
+        for i in range(n):
+            yield noisy(seed + i)
+        raise RuntimeError("Camera frontend has timed out!")
+
+    attempts = iter([fails_after(1, 0), None, fails_after(2, 10),
+                     (noisy(50 + i) for i in itertools.count())])
+
+    def factory(n):
+        script = next(attempts)
+        if script is None:
+            raise RuntimeError("no cameras available")
+        return FakePicamera2(n, script)
+
+    raised = []
+    alarm = CameraAlarm(raised.append)
+    source = alarm.watch(PiCameraSource(size=(64, 48), on_fault=alarm.fault,
+                                        camera_factory=factory))
+    got = list(itertools.islice(source.frames(), 5))
+    source.close()
+    assert len(got) == 5
+    assert [r.split(":")[0] for r in raised] == ["read failed", "read failed"]
+    assert alarm.alarms == 2 and not alarm.down
+
+
 def test_v4l2_source_reads_through_opencv_and_reports_a_missing_device(tmp_path):
     video = tmp_path / "cam.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 15, (64, 48))

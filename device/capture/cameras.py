@@ -11,19 +11,22 @@ from device.capture.replay import ReplaySource
 from device.config import CaptureConfig
 
 
-def open_camera(capture: CaptureConfig,
-                on_fault: Callable[[str], None] | None = None) -> FrameSource:
-    """The camera the config names, unwrapped (live cameras open lazily in ``frames()``);
-    ``on_fault(reason)`` hears each failure of a live camera (it is reopened by itself)."""
+def open_camera(capture: CaptureConfig, alarm: CameraAlarm | None = None) -> FrameSource:
+    """The camera the config names (live cameras open lazily in ``frames()`` and reopen by
+    themselves); ``alarm`` hears a live camera's faults and every frame it reads."""
     size = (capture.width, capture.height)
     fps = capture.fps or 15.0
+    on_fault = alarm.fault if alarm else None
+    live: FrameSource
     if capture.source == "picamera2":
-        return PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s, on_fault=on_fault)
-    if capture.source == "v4l2":
-        return V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s,
+        live = PiCameraSource(size=size, fps=fps, freeze_s=capture.freeze_s, on_fault=on_fault)
+    elif capture.source == "v4l2":
+        live = V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s,
                           on_fault=on_fault)
-    assert capture.path is not None  # validated by CaptureConfig
-    return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
+    else:
+        assert capture.path is not None  # validated by CaptureConfig
+        return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
+    return alarm.watch(live) if alarm else live
 
 
 def is_paced(capture: CaptureConfig) -> bool:

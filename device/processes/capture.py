@@ -57,7 +57,7 @@ def run_capture(capture: CaptureConfig, bus: Bus, stop: threading.Event,
     """Publish frames until the source ends (replay) or ``stop``; returns counters.
     ``camera_alarm`` hears the live camera's faults and every frame read."""
     alarm = camera_alarm or CameraAlarm(lambda reason: None)
-    source = open_camera(capture, on_fault=alarm.fault)
+    source = open_camera(capture, alarm)
     paced = is_paced(capture)
     # Only paced stills are one presentation per frame; a replay asked to behave like a camera
     # (capture.realtime) reports no event for an empty frame, like a camera.
@@ -73,7 +73,6 @@ def run_capture(capture: CaptureConfig, bus: Bus, stop: threading.Event,
             _serve_paced(source, out, bus, stop)
         else:
             for frame in source.frames():
-                alarm.frame()
                 out.publish(frame)
                 if stop.is_set():
                     break
