@@ -12,7 +12,10 @@ version it does not know instead of guessing. Topic layout (MQTT 5, QoS as liste
     gerbang/v1/{centre}/{device}/cmd_ack     dev→gw  QoS1            command results
 
 Events are delivered at least once; the gateway stores them by ``event_id`` so the effect is
-exactly once. ``seq`` increases by one per event on each device, so gaps are visible.
+exactly once. ``seq`` increases by one per message (events and alarms share it) in each of a
+device's outbox *streams*: ``stream`` names the outbox (a new one starts at seq 0 when a gate's
+data directory is replaced), and the birth and telemetry carry the outbox position
+(:data:`OUTBOX_FIELDS`), so the gateway sees gaps, including at the end of a stream.
 """
 
 from __future__ import annotations
@@ -149,12 +152,28 @@ class CheckinEvent:
     #: Applicant id read from the participant card's QR, if one was shown.
     card_id: str | None = None
     mode: str | None = None
+    #: The outbox stream ``seq`` counts in (:data:`STREAM_PATTERN`); None from gates older than
+    #: streams, which the gateway tracks as the stream ``""``.
+    stream: str | None = None
     kind: str = "checkin"
     schema: int = field(default=SCHEMA_VERSION)
 
     def to_json(self) -> bytes:
-        """Compact UTF-8 JSON, the bytes that go on the wire."""
-        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
+        """Compact UTF-8 JSON, the bytes that go on the wire (``stream`` left out when None,
+        so a gate without one sends exactly what older gateways accept)."""
+        body = asdict(self)
+        if body["stream"] is None:
+            del body["stream"]
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+#: An outbox stream id: 16 lowercase hex characters, drawn at random when the outbox is created.
+STREAM_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _check_stream(value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not STREAM_PATTERN.match(value)):
+        raise WireError("stream: expected 16 lowercase hex characters")
 
 
 # field name -> (accepted types, required)
@@ -176,6 +195,7 @@ _EVENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "frame_ref": ((str, type(None)), False),
     "card_id": ((str, type(None)), False),
     "mode": ((str, type(None)), False),
+    "stream": ((str, type(None)), False),
 }
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_TEXT = 256
@@ -237,6 +257,7 @@ def parse_event(payload: bytes | str) -> CheckinEvent:
         raise WireError(f"mode: expected one of {MODES}, got {data['mode']!r}")
     if data.get("card_id") is not None:
         _check_id("card_id", data["card_id"])
+    _check_stream(data.get("stream"))
     if data["outcome"] == "accepted" and not data.get("applicant_id"):
         raise WireError("applicant_id: required when outcome is 'accepted'")
     try:
@@ -274,12 +295,17 @@ class AlarmEvent:
     ts: str
     alarm: str
     detail: str | None = None
+    #: The outbox stream ``seq`` counts in (shared with the device's events); see CheckinEvent.
+    stream: str | None = None
     kind: str = "alarm"
     schema: int = field(default=SCHEMA_VERSION)
 
     def to_json(self) -> bytes:
-        """Compact UTF-8 JSON, the bytes that go on the wire."""
-        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
+        """Compact UTF-8 JSON, the bytes that go on the wire (``stream`` left out when None)."""
+        body = asdict(self)
+        if body["stream"] is None:
+            del body["stream"]
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def parse_alarm(payload: bytes | str) -> AlarmEvent:
@@ -297,7 +323,7 @@ def parse_alarm(payload: bytes | str) -> AlarmEvent:
     if data.get("schema") != SCHEMA_VERSION:
         raise WireError(f"schema: unsupported version {data.get('schema')!r}")
     allowed = {"schema", "kind", "alarm_id", "device_id", "centre", "seq", "ts", "alarm",
-               "detail"}
+               "detail", "stream"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise WireError(f"unknown field(s): {', '.join(unknown[:5])}")
@@ -318,8 +344,223 @@ def parse_alarm(payload: bytes | str) -> AlarmEvent:
     detail = data.get("detail")
     if detail is not None and (not isinstance(detail, str) or len(detail) > _MAX_TEXT):
         raise WireError(f"detail: expected a string of at most {_MAX_TEXT} characters")
+    _check_stream(data.get("stream"))
     try:
         datetime.fromisoformat(data["ts"].replace("Z", "+00:00"))
     except ValueError:
         raise WireError(f"ts: not an ISO 8601 time: {data['ts']!r}") from None
     return AlarmEvent(**data)
+
+
+# ---- status (birth / last will) and telemetry -----------------------------------------------
+#
+# Both are free-form enough to evolve, but the gateway renders them on every page, so they are
+# checked as strictly as events: a known set of fields with types and bounds, a size limit, and
+# anything else refused (kept as a reject, never shown). ``parse_status`` / ``parse_telemetry``
+# return plain dicts of exactly the accepted fields.
+
+#: The outbox position a gate reports in its birth message and every telemetry message:
+#: ``stream`` (its outbox's id), ``first_seq`` (the first seq of that stream: 0, or where an
+#: outbox older than streams was when it got its id), ``next_seq`` (the seq the next message will
+#: get) and ``acked_below`` (every seq below this has been acknowledged by the broker, so it
+#: must reach the gateway: a missing one is a loss, also at the end of the stream).
+OUTBOX_FIELDS = ("stream", "first_seq", "next_seq", "acked_below")
+
+MAX_STATUS_BYTES = 8 * 1024
+MAX_TELEMETRY_BYTES = 8 * 1024
+_MAX_NUMBER = 1e12  # no health figure is larger; bounds what a page has to lay out
+
+
+def _number(where: str, value: Any, *, integer: bool = False, optional: bool = True) -> Any:
+    if value is None and optional:
+        return None
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise WireError(f"{where}: expected {'an integer' if integer else 'a number'}, "
+                        f"got {type(value).__name__}")
+    if not math.isfinite(value) or abs(value) > _MAX_NUMBER:
+        raise WireError(f"{where}: out of range")
+    return value
+
+
+def _short_text(where: str, value: Any, limit: int = 64, optional: bool = True) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+        raise WireError(f"{where}: expected a string of at most {limit} characters")
+    return value
+
+
+def _iso_time(where: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 40:
+        raise WireError(f"{where}: expected an ISO 8601 time string")
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise WireError(f"{where}: not an ISO 8601 time: {value[:40]!r}") from None
+    return value
+
+
+def _object(where: str, payload: bytes | str, limit: int) -> dict[str, Any]:
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", errors="replace")
+    if len(payload) > limit:
+        raise WireError(f"{where} payload is {len(payload)} bytes, limit {limit}")
+    try:
+        data = json.loads(payload or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise WireError(f"{where} payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WireError(f"{where} payload must be a JSON object")
+    if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise WireError(f"schema: unsupported version {data.get('schema')!r}")
+    return data
+
+
+def _unknown(where: str, data: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise WireError(f"{where}: unknown field(s): {', '.join(str(u)[:40] for u in unknown[:5])}")
+
+
+def parse_outbox(where: str, value: Any) -> dict[str, Any] | None:
+    """The ``outbox`` block of a birth or telemetry message (see :data:`OUTBOX_FIELDS`)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise WireError(f"{where}: expected an object")
+    _unknown(where, value, set(OUTBOX_FIELDS))
+    stream = value.get("stream")
+    if not isinstance(stream, str) or not STREAM_PATTERN.match(stream):
+        raise WireError(f"{where}.stream: expected 16 lowercase hex characters")
+    out: dict[str, Any] = {"stream": stream}
+    for name in ("first_seq", "next_seq", "acked_below"):
+        number = _number(f"{where}.{name}", value.get(name), integer=True, optional=False)
+        if number < 0:
+            raise WireError(f"{where}.{name}: must be >= 0")
+        out[name] = number
+    if not out["first_seq"] <= out["acked_below"] <= out["next_seq"]:
+        raise WireError(f"{where}: expected first_seq <= acked_below <= next_seq")
+    return out
+
+
+def _flat_map(where: str, value: Any, *, integer: bool, limit: int = 32) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > limit:
+        raise WireError(f"{where}: expected an object of at most {limit} entries")
+    out = {}
+    for key, item in value.items():
+        _short_text(f"{where} key", key, 40, optional=False)
+        out[key] = _number(f"{where}.{key}", item, integer=integer)
+    return out
+
+
+#: Fields of a status message: the retained birth (``state`` online) and the last will /
+#: clean stop (``state`` offline). ``models`` maps model names to sha256s; ``config`` is the
+#: reported config (device.config_push).
+STATUS_FIELDS = ("schema", "state", "ts", "device_id", "room", "session", "firmware",
+                 "processes", "models", "roster_version", "config", "outbox")
+_CONFIG_FIELDS = {"version", "sha256", "applied_at", "local_edit", "error", "signed"}
+
+
+def parse_status(payload: bytes | str) -> dict[str, Any]:
+    """Validate a status message; returns its accepted fields. Raises WireError naming the
+    first bad field. An empty payload is the broker clearing the retained message: state
+    ``cleared``."""
+    if payload in (b"", ""):
+        return {"schema": SCHEMA_VERSION, "state": "cleared"}
+    data = _object("status", payload, MAX_STATUS_BYTES)
+    _unknown("status", data, set(STATUS_FIELDS))
+    if data.get("state") not in ("online", "offline"):
+        state = str(data.get("state"))[:20]
+        raise WireError(f"state: expected 'online' or 'offline', got {state!r}")
+    out: dict[str, Any] = {"schema": SCHEMA_VERSION, "state": data["state"]}
+    if "ts" in data:
+        out["ts"] = _iso_time("ts", data["ts"])
+    for name in ("device_id", "room", "session"):
+        if data.get(name) is not None:
+            out[name] = _check_id(name, data[name])
+    for name in ("firmware", "processes"):
+        if data.get(name) is not None:
+            out[name] = _short_text(name, data[name])
+    if data.get("models") is not None:
+        models = data["models"]
+        if not isinstance(models, dict) or len(models) > 16:
+            raise WireError("models: expected an object of at most 16 entries")
+        for key, digest in models.items():
+            _short_text("models key", key, 40, optional=False)
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise WireError(f"models.{key[:40]}: expected a sha256 (64 hex characters)")
+        out["models"] = dict(models)
+    if data.get("roster_version") is not None:
+        out["roster_version"] = _number("roster_version", data["roster_version"], integer=True)
+    if data.get("config") is not None:
+        config = data["config"]
+        if not isinstance(config, dict):
+            raise WireError("config: expected an object")
+        _unknown("config", config, _CONFIG_FIELDS)
+        checked: dict[str, Any] = {}
+        if config.get("version") is not None:
+            checked["version"] = _number("config.version", config["version"], integer=True)
+        if config.get("sha256") is not None:
+            if not isinstance(config["sha256"], str) or not re.fullmatch(
+                    r"[0-9a-f]{64}", config["sha256"]):
+                raise WireError("config.sha256: expected 64 hex characters")
+            checked["sha256"] = config["sha256"]
+        if config.get("applied_at") is not None:
+            checked["applied_at"] = _iso_time("config.applied_at", config["applied_at"])
+        for flag in ("local_edit", "signed"):
+            if config.get(flag) is not None:
+                if not isinstance(config[flag], bool):
+                    raise WireError(f"config.{flag}: expected true or false")
+                checked[flag] = config[flag]
+        if config.get("error") is not None:
+            checked["error"] = _short_text("config.error", config["error"], _MAX_TEXT)
+        out["config"] = checked
+    if data.get("outbox") is not None:
+        out["outbox"] = parse_outbox("outbox", data["outbox"])
+    return out
+
+
+#: Fields of a telemetry message (every ``telemetry_interval_s``, QoS 0).
+TELEMETRY_FIELDS = ("schema", "ts", "uptime_s", "fps", "decisions", "latency_p50_ms",
+                    "latency_p95_ms", "stage_p50_ms", "checkin_ready", "outbox_depth",
+                    "peak_rss_mb", "cpu_temp_c", "disk_free_mb", "outbox")
+
+
+def parse_telemetry(payload: bytes | str) -> dict[str, Any]:
+    """Validate a telemetry message; returns its accepted fields (WireError names the first
+    bad one)."""
+    data = _object("telemetry", payload, MAX_TELEMETRY_BYTES)
+    _unknown("telemetry", data, set(TELEMETRY_FIELDS))
+    out: dict[str, Any] = {"schema": SCHEMA_VERSION}
+    if "ts" in data:
+        out["ts"] = _iso_time("ts", data["ts"])
+    for name in ("uptime_s", "fps", "latency_p50_ms", "latency_p95_ms", "peak_rss_mb",
+                 "cpu_temp_c"):
+        if name in data:
+            out[name] = _number(name, data[name])
+    for name in ("outbox_depth", "disk_free_mb"):
+        if name in data:
+            out[name] = _number(name, data[name], integer=True)
+    if "checkin_ready" in data:
+        if not isinstance(data["checkin_ready"], bool):
+            raise WireError("checkin_ready: expected true or false")
+        out["checkin_ready"] = data["checkin_ready"]
+    if "decisions" in data:
+        out["decisions"] = _flat_map("decisions", data["decisions"], integer=True)
+    if "stage_p50_ms" in data:
+        out["stage_p50_ms"] = _flat_map("stage_p50_ms", data["stage_p50_ms"], integer=False)
+    if data.get("outbox") is not None:
+        out["outbox"] = parse_outbox("outbox", data["outbox"])
+    return out
+
+
+# ---- commands the gateway sends ---------------------------------------------------------------
+
+#: ``cmd/resend``: ``{"stream": S, "from_seq": A, "to_seq": B}`` asks a gate to publish again
+#: the messages A..B (inclusive) of its outbox stream S that it still keeps (acknowledged ones
+#: are kept for ``outbox_keep_acked_s``); the gateway sends it for a gap that persists. At most
+#: this many seqs per request, so one command never makes a gate re-send its whole history.
+RESEND_MAX_SPAN = 10_000
