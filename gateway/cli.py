@@ -47,6 +47,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ingest = Ingest(store, config.broker, client_id=gw.client_id, centre=gw.centre,
                     share_group=share_group)
     ingest.start()
+    from gateway.outgoing import OutgoingCommands
+
+    # Only the first process publishes queued commands (a worker child would send them twice).
+    outgoing = OutgoingCommands(store, ingest, gw.client_id, publish=not args.worker_of)
+    outgoing.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -63,6 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  f", share group {share_group}" if share_group else "")
         stop.wait()
         pool.stop()
+        outgoing.stop()
         ingest.stop()
         log.info("stopped: %s", ingest.stats)
         return 0
@@ -70,8 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from gateway.web import create_app
 
-    app = create_app(store, ingest.stats, commander=ingest.send_command,
-                     display_utc_offset_h=gw.display_utc_offset_h)
+    app = create_app(store, ingest.stats, display_utc_offset_h=gw.display_utc_offset_h)
     server = uvicorn.Server(uvicorn.Config(app, host=gw.http_host, port=gw.http_port,
                                            log_level="warning"))
     log.info("dashboard at http://%s:%d/  (database %s, %d ingest worker%s)", gw.http_host,
@@ -88,6 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server.run()
     finally:
         pool.stop()
+        outgoing.stop()
         ingest.stop()
         log.info("stopped: %s", ingest.stats)
     return 0

@@ -257,13 +257,16 @@ class Ingest:
         with self.changed:
             self.changed.notify_all()
 
-    def send_command(self, centre: str, device_id: str, name: str,
-                     payload: dict[str, Any]) -> None:
+    def send_command(self, centre: str, device_id: str, name: str, payload: dict[str, Any],
+                     command_id: str | None = None) -> mqtt.MQTTMessageInfo:
         """Publish a command to one gate (QoS 1; the broker keeps it for a gate that is
-        offline, in its persistent session). The gate answers on ``cmd_ack``."""
+        offline, in its persistent session). The gate answers on ``cmd_ack`` with
+        ``command_id``. Returns paho's message info (``wait_for_publish`` for the PUBACK)."""
         body = {"schema": wire.SCHEMA_VERSION, "command": name, **payload}
-        self.client.publish(wire.device_topic(centre, device_id, f"cmd/{name}"),
-                            json.dumps(body, separators=(",", ":")), qos=1)
+        if command_id is not None:
+            body["command_id"] = command_id
+        return self.client.publish(wire.device_topic(centre, device_id, f"cmd/{name}"),
+                                   json.dumps(body, separators=(",", ":")), qos=1)
 
     def pending(self) -> bool:
         """Whether messages are waiting for the writer."""

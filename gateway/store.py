@@ -72,6 +72,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (3, "alarms carry the device seq they share with events", """
         ALTER TABLE alarms ADD COLUMN seq BIGINT;
     """),
+    (4, "gate commands queued by the web tier, ingest counters per ingest process", """
+        CREATE TABLE gateway_commands (
+            id {serial}, created_at {real} NOT NULL, centre TEXT NOT NULL,
+            device_id TEXT NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL,
+            requested_by TEXT, sent_at {real}, error TEXT);
+        CREATE INDEX gateway_commands_unsent ON gateway_commands (sent_at, id);
+        CREATE TABLE ingest_counters (
+            client_id TEXT PRIMARY KEY, updated_at {real} NOT NULL, received BIGINT NOT NULL,
+            stored BIGINT NOT NULL, duplicates BIGINT NOT NULL, rejected BIGINT NOT NULL);
+    """),
 ]
 
 _ROOM_SUMMARY = """
@@ -346,6 +356,51 @@ class Store:
         """Log out."""
         self._executemany("DELETE FROM auth_tokens WHERE token_sha256 = ?", [(token_sha256,)])
 
+    # ---- gate commands and ingest counters (web tier <-> ingest processes) ------------------
+
+    def queue_command(self, centre: str, device_id: str, name: str, payload: dict[str, Any],
+                      requested_by: str | None = None) -> None:
+        """Queue a command for a gate; the ingest process publishes it (the web tier has no
+        broker connection of its own: under mutual TLS its identity would be the gateway's,
+        and a second connection with it would take over the ingest's session)."""
+        self._executemany(
+            "INSERT INTO gateway_commands (created_at, centre, device_id, name, payload, "
+            "requested_by) VALUES (?, ?, ?, ?, ?, ?)",
+            [(time.time(), centre, device_id, name, json.dumps(payload, sort_keys=True),
+              requested_by)])
+
+    def unsent_commands(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Queued commands not published yet, oldest first (``payload`` decoded)."""
+        return [{**r, "payload": json.loads(r["payload"])} for r in self._execute(
+            "SELECT id, created_at, centre, device_id, name, payload, requested_by "
+            "FROM gateway_commands WHERE sent_at IS NULL ORDER BY id LIMIT ?", (limit,))]
+
+    def mark_command_sent(self, command_id: int, error: str | None = None) -> None:
+        """Record that a queued command was published (or, with ``error``, given up)."""
+        self._executemany("UPDATE gateway_commands SET sent_at = ?, error = ? WHERE id = ?",
+                          [(time.time(), error, command_id)])
+
+    def commands_log(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Queued and sent commands, newest first."""
+        return self._execute("SELECT id, created_at, centre, device_id, name, requested_by, "
+                             "sent_at, error FROM gateway_commands ORDER BY id DESC LIMIT ?",
+                             (limit,))
+
+    def record_ingest_counters(self, client_id: str, counters: dict[str, int]) -> None:
+        """One ingest process's counters since its start (for /api/stats)."""
+        self._executemany(
+            "INSERT INTO ingest_counters (client_id, updated_at, received, stored, duplicates, "
+            "rejected) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET "
+            "updated_at = excluded.updated_at, received = excluded.received, "
+            "stored = excluded.stored, duplicates = excluded.duplicates, "
+            "rejected = excluded.rejected",
+            [(client_id, time.time(), *(int(counters.get(k, 0)) for k in (
+                "received", "stored", "duplicates", "rejected")))])
+
+    def ingest_counters(self) -> list[dict[str, Any]]:
+        """Every ingest process's latest counters."""
+        return self._execute("SELECT * FROM ingest_counters ORDER BY client_id")
+
     # ---- retention --------------------------------------------------------------------------
 
     def purge_biometric(self, older_than_s: float) -> int:
@@ -381,8 +436,24 @@ class SqliteStore(Store):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self.db.enable_wal()
+        self._enable_wal()
         self._migrate()
+
+    def _enable_wal(self) -> None:
+        """Switch a new file to WAL. Switching takes an exclusive lock, and SQLite answers
+        "database is locked" at once (not after busy_timeout) when another process opening the
+        same new file holds it, so wait for it here (seen with six workers starting at once)."""
+        import sqlite3
+
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                self.db.enable_wal()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @property
     def db(self) -> Any:

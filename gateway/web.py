@@ -51,6 +51,17 @@ class WebContext:
     poll_s: float = 0.3
 
 
+def queued_commander(store: Store) -> Commander:
+    """The web tier's way to reach a gate: queue the command in the store, where the ingest
+    process that owns the broker connection publishes it (gateway/outgoing.py)."""
+
+    def command(centre: str, device_id: str, name: str, payload: dict[str, Any]) -> None:
+        store.queue_command(centre, device_id, name, payload,
+                            requested_by=str(payload.get("by") or "") or None)
+
+    return command
+
+
 def clean_text(value: str) -> str:
     """``value`` if a store can keep it; ValueError for NUL characters (PostgreSQL refuses
     them) and unpaired surrogates (``\\ud800`` in JSON: not encodable as UTF-8)."""
@@ -236,8 +247,9 @@ def checkins_per_minute(store: Store, session_id: str, minutes: int = 60,
 def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0.3,
                commander: Commander | None = None, display_utc_offset_h: float = 7.0,
                ) -> FastAPI:
-    """The FastAPI application over ``store`` (``stats`` from a running ingest, if any;
-    ``commander`` publishes gate commands such as remote unlock)."""
+    """The FastAPI application over ``store`` (``stats`` from an ingest in this process, if
+    any, else the ingest processes' counters in the store; ``commander`` sends gate commands
+    such as remote unlock, by default through the store's command queue)."""
     app = FastAPI(title="Gerbang gateway", version="0.2.0",
                   description="Live exam-room attendance from Gerbang gate devices. Log in "
                               "with POST /api/login and send the token as a Bearer header.")
@@ -249,7 +261,8 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         # surrogate ("\ud800" in JSON); ASCII-escaped JSON can carry any string.
         body = json.dumps({"detail": jsonable_encoder(exc.errors())}, default=str)
         return Response(body, status_code=422, media_type="application/json")
-    ctx = WebContext(store=store, stats=stats, commander=commander, poll_s=poll_s)
+    ctx = WebContext(store=store, stats=stats, commander=commander or queued_commander(store),
+                     poll_s=poll_s)
     app.state.ctx = ctx
 
     def need_session(session_id: str) -> dict[str, Any]:
@@ -421,8 +434,6 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         known = {d["device_id"]: d for d in store.devices()}
         if device_id not in known:
             raise HTTPException(404, f"unknown device {device_id!r}")
-        if ctx.commander is None:
-            raise HTTPException(503, "this gateway process has no broker connection")
         ctx.commander(known[device_id]["centre"], device_id, "unlock",
                       {"reason": body.reason, "by": user["username"], "ts": utc_now_iso()})
         store.audit(user["username"], "remote_unlock", device_id, {"reason": body.reason})
@@ -461,8 +472,15 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
 
     @app.get("/api/stats", tags=["monitoring"])
     def api_stats(user: Viewer) -> dict[str, Any]:
-        """Ingest counters since start plus totals in the store."""
-        live = ctx.stats.__dict__ if ctx.stats else {}
+        """Ingest counters since start (summed over the ingest processes) plus totals in the
+        store."""
+        if ctx.stats is not None:
+            live: dict[str, Any] = dict(ctx.stats.__dict__)
+        else:
+            rows = store.ingest_counters()
+            live = {k: sum(int(r[k]) for r in rows)
+                    for k in ("received", "stored", "duplicates", "rejected")}
+            live["processes"] = len(rows)
         return {**store.counts(), "ingest": live}
 
     @app.get("/api/overview", tags=["monitoring"])

@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from waiting import wait_until
 
 from gateway.ingest import Ingest
-from gateway.store import SqliteStore, open_store
+from gateway.store import MIGRATIONS, SqliteStore, open_store
 from gerbang import wire
 from gerbang.config import BrokerConfig, ConfigError
 
@@ -145,9 +145,9 @@ def test_workers_opening_a_new_file_at_once_migrate_it_once(tmp_path):
         thread.join()
     assert not errors, errors
     store = open_store(db)
-    assert store.schema_version == 3
+    assert store.schema_version == MIGRATIONS[-1][0]
     versions = store._execute("SELECT version FROM schema_migrations ORDER BY version")
-    assert [r["version"] for r in versions] == [1, 2, 3]
+    assert [r["version"] for r in versions] == [m[0] for m in MIGRATIONS]
 
 
 @pytest.mark.parametrize("protocol", [3, 5])

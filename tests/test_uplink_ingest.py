@@ -166,3 +166,51 @@ def test_alarms_telemetry_and_commands_cross_the_real_broker(mosquitto, gateway)
     assert received[0].topic == wire.device_topic(CENTRE, DEVICE, "cmd/unlock")
     body = json.loads(received[0].payload)
     assert (body["command"], body["reason"], body["by"]) == ("unlock", "wheelchair user", "p1")
+
+
+def test_web_commands_reach_the_gate_through_the_ingest_connection(gateway, mosquitto):
+    """The web tier has no broker connection: a remote unlock is queued in the store and the
+    ingest process publishes it (with a command id) and records it as sent."""
+    from fastapi.testclient import TestClient
+
+    from gateway.auth import add_user
+    from gateway.outgoing import OutgoingCommands
+    from gateway.web import create_app
+
+    store, ingest = gateway
+    received: list[mqtt.MQTTMessage] = []
+    subscribed = threading.Event()
+    gate = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    gate.on_message = lambda c, u, msg: received.append(msg)
+    gate.on_subscribe = lambda *a: subscribed.set()
+    gate.connect("127.0.0.1", mosquitto.port)
+    gate.loop_start()
+    gate.subscribe(wire.device_topic(CENTRE, DEVICE, "cmd/#"), qos=1)
+    assert subscribed.wait(5)
+    store.record_status(DEVICE, CENTRE, {"state": "online"})
+    add_user(store, "tech1", "a-long-password", "technician")
+    outgoing = OutgoingCommands(store, ingest, "gw-test", poll_s=0.1)
+    outgoing.start()
+    try:
+        web = TestClient(create_app(store))  # no commander, no ingest stats: the store's
+        token = web.post("/api/login", json={"username": "tech1",
+                                             "password": "a-long-password"}).json()["token"]
+        answer = web.post(f"/api/devices/{DEVICE}/unlock", json={"reason": "wheelchair user"},
+                          headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 202, answer.text
+        assert received == []  # queued, not published by the web process
+        wait_until(lambda: received, 10, "the queued unlock at the gate")
+        body = json.loads(received[0].payload)
+        assert (body["command"], body["reason"], body["by"]) == ("unlock", "wheelchair user",
+                                                                 "tech1")
+        assert body["command_id"].startswith("gw-")
+        wait_until(lambda: store.unsent_commands() == [], 5, "the command marked sent")
+        assert store.commands_log()[0]["sent_at"] is not None
+        # the ingest counters reach the web through the store
+        wait_until(lambda: store.ingest_counters(), 5, "ingest counters recorded")
+        stats = web.get("/api/stats", headers={"Authorization": f"Bearer {token}"}).json()
+        assert stats["ingest"]["processes"] == 1
+    finally:
+        outgoing.stop()
+        gate.loop_stop()
+        gate.disconnect()

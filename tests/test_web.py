@@ -19,7 +19,7 @@ from gerbang.broker import free_port
 
 PASSWORD = "correct-horse-battery"
 SESSION = {"centre": "c1", "name": "SKD sesi 1", "doors_open": "2026-12-01T06:30:00+07:00",
-           "starts_at": "2026-12-01T07:30:00+07:00", "doors_close": "2099-12-01T08:00:00+07:00"}
+           "starts_at": "2099-12-01T07:30:00+07:00", "doors_close": "2099-12-01T08:00:00+07:00"}
 ROSTER_CSV = "no_peserta,nama,ruang,kursi\nA1,Siti Rahayu,R01,01\nA2,Budi Santoso,R01,02\n" \
              "B1,Ni Made Ayu,R02,01\n"
 
