@@ -20,23 +20,33 @@ from gerbang.stopping import stop_processes
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.store import Store
+    from gateway.webproc import WebProcess
 from gerbang.logs import setup_logging
 
 log = logging.getLogger("gateway")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load_run_config(args: argparse.Namespace, web: bool = False) -> GatewayConfig:
+    """The config of ``run`` (or, ``web``, of the web process): the file, then the
+    command-line overrides."""
     from gateway.config import load_gateway_config
+
+    http = None if web or not (args.no_http or args.worker_of) else False
+    return load_gateway_config(args.config, {
+        "gateway": {"db": args.db, "http_host": args.http_host, "http_port": args.http_port,
+                    "client_id": getattr(args, "client_id", None),
+                    "share_group": getattr(args, "share_group", None),
+                    "ingest_workers": getattr(args, "ingest_workers", None), "http": http},
+        "broker": {"host": getattr(args, "broker_host", None),
+                   "port": getattr(args, "broker_port", None),
+                   "protocol": getattr(args, "mqtt_protocol", None)}})
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.ingest import DEFAULT_SHARE_GROUP, Ingest
     from gateway.store import open_store
 
-    config = load_gateway_config(args.config, {
-        "gateway": {"db": args.db, "http_host": args.http_host, "http_port": args.http_port,
-                    "client_id": args.client_id, "share_group": args.share_group,
-                    "ingest_workers": args.ingest_workers,
-                    "http": False if args.no_http or args.worker_of else None},
-        "broker": {"host": args.broker_host, "port": args.broker_port,
-                   "protocol": args.mqtt_protocol}})
+    config = _load_run_config(args)
     gw = config.gateway
     # A child started by another `run` is one ingest worker, nothing else.
     workers = 1 if args.worker_of or args.retire else gw.ingest_workers
@@ -63,40 +73,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif gw.retention_days > 0:
         threading.Thread(target=_retention_loop, args=(store, gw.retention_days, stop),
                          name="retention", daemon=True).start()
-    if not gw.http:
+    web = _start_web(args, config, workers)
+    if web is None:
         log.info("ingest-only worker %s (database %s%s)", gw.client_id, gw.db,
                  f", share group {share_group}" if share_group else "")
-        stop.wait()
-        pool.stop()
-        outgoing.stop()
-        ingest.stop()
-        log.info("stopped: %s", ingest.stats)
-        return 0
-    import uvicorn
-
-    from gateway.web import create_app
-
-    app = create_app(store, ingest.stats, display_utc_offset_h=gw.display_utc_offset_h)
-    server = uvicorn.Server(uvicorn.Config(app, host=gw.http_host, port=gw.http_port,
-                                           log_level="warning"))
-    log.info("dashboard at http://%s:%d/  (database %s, %d ingest worker%s)", gw.http_host,
-             gw.http_port, gw.db, workers, "s" if workers > 1 else "")
-
-    def on_signal(*_: object) -> None:
-        stop.set()
-        server.should_exit = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    try:
-        server.run()
-    finally:
-        pool.stop()
-        outgoing.stop()
-        ingest.stop()
-        log.info("stopped: %s", ingest.stats)
+    stop.wait()
+    if web is not None:
+        web.stop()
+    pool.stop()
+    outgoing.stop()
+    ingest.stop()
+    log.info("stopped: %s", ingest.stats)
     return 0
+
+
+def _start_web(args: argparse.Namespace, config: GatewayConfig,
+               workers: int) -> WebProcess | None:
+    """The web tier's child process of this ``run`` (None for an ingest-only process): the
+    ingest process itself serves no HTTP (docs/gateway.md, "Process layout")."""
+    from gateway.webproc import WebProcess
+
+    gw = config.gateway
+    if not gw.http:
+        return None
+    web = WebProcess(args)
+    web.start()
+    scheme = "https" if gw.tls else "http"
+    log.info("dashboard at %s://%s:%d/ served by its own process (database %s, %d ingest "
+             "worker%s)", scheme, gw.http_host, gw.http_port, gw.db, workers,
+             "s" if workers > 1 else "")
+    return web
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    """The web tier alone: what ``run`` starts as its child, or more web processes against
+    one PostgreSQL (no broker connection; commands go through the store)."""
+    from gateway.webproc import serve_web
+
+    return serve_web(_load_run_config(args, web=True), parent=args.worker_of)
 
 
 class _WorkerPool:
@@ -320,6 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="take the worker --client-id out of its share group for good: store "
                           "what the broker still holds for it, then end its session")
     run.set_defaults(func=_cmd_run)
+
+    web = sub.add_parser(
+        "web", help="serve the dashboard only (what `run` starts as its web process)",
+        description="The web tier alone: dashboard, API, public board listener; no broker "
+                    "connection (gate commands go through the store's queue, ingest counters "
+                    "come from the store). `run` starts it as a child process of its own; run "
+                    "it by hand for more web processes against one PostgreSQL.")
+    web.add_argument("--config", type=Path, help="gateway TOML config (defaults otherwise)")
+    web.add_argument("--db", help="SQLite database path or postgresql:// URL")
+    web.add_argument("--http-host", help="dashboard bind address (default 127.0.0.1)")
+    web.add_argument("--http-port", type=int, help="dashboard port (default 8080)")
+    web.add_argument("--worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    web.set_defaults(func=_cmd_web)
 
     bench = sub.add_parser(
         "bench", help="ingest benchmark: events/s from simulated devices into each back-end",
