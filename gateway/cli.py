@@ -243,21 +243,79 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _cmd_user(args: argparse.Namespace) -> int:
+    """Create or reset an account (``--role``), set its rooms, disable or enable it, or end a
+    login lock-out; each change is audited as ``cli:<unix user>``."""
     import getpass
 
-    from gateway.auth import add_user
+    from gateway.auth import add_user, check_username, parse_rooms
 
-    password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
-                else getpass.getpass(f"password for {args.username}: "))
-    store = _store(args)
-    try:
-        add_user(store, args.username, password, args.role)
-    except ValueError as exc:
-        log.error("user not saved: %s", exc)
+    if not (args.role or args.rooms or args.disable or args.enable or args.unlock):
+        log.error("nothing to do: give --role (create or reset the password), --rooms, "
+                  "--disable, --enable or --unlock")
         return 2
-    store.audit(f"cli:{getpass.getuser()}", "user_put", args.username, {"role": args.role})
-    print(f"user {args.username} ({args.role}) saved")
+    try:
+        check_username(args.username)
+        rooms = parse_rooms(args.rooms) if args.rooms else None
+        reason = _user_reason(args)
+    except ValueError as exc:
+        log.error("user not changed: %s", exc)
+        return 2
+    store = _store(args)
+    who = f"cli:{getpass.getuser()}"
+    exists = store.user(args.username) is not None
+    if args.role:
+        if args.role == "proctor" and rooms is None and not exists:
+            log.error("user not saved: rooms: a new proctor needs --rooms (e.g. --rooms "
+                      "R01,R02, or --rooms '*' for every room)")
+            return 2
+        password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
+                    else getpass.getpass(f"password for {args.username}: "))
+        try:
+            add_user(store, args.username, password, args.role, rooms)
+        except ValueError as exc:
+            log.error("user not saved: %s", exc)
+            return 2
+        store.audit(who, "user_put", args.username,
+                    {"role": args.role, "rooms": store.all_user_rooms().get(args.username)})
+        print(f"user {args.username} ({args.role}) saved; any earlier login of it has ended")
+    elif not exists:
+        log.error("no user %r: create it with --role first", args.username)
+        return 2
+    elif rooms is not None:
+        store.set_user_rooms(args.username, rooms)
+        store.audit(who, "user_rooms", args.username,
+                    {"rooms": store.all_user_rooms().get(args.username)})
+    if rooms is not None:
+        print(f"user {args.username} acts on: "
+              f"{', '.join(store.all_user_rooms().get(args.username, []))}")
+    if args.disable or args.enable:
+        store.set_user_disabled(args.username, bool(args.disable), who)
+        store.audit(who, "user_disable" if args.disable else "user_enable", args.username,
+                    {"reason": reason})
+        state = "disabled: its logins have ended" if args.disable else "enabled"
+        print(f"user {args.username} {state}")
+    if args.unlock:
+        cleared = store.clear_login_failures("user", args.username)
+        store.audit(who, "login_unlock", args.username)
+        print(f"user {args.username}: {'lock-out ended' if cleared else 'was not locked out'}")
     return 0
+
+
+def _user_reason(args: argparse.Namespace) -> str | None:
+    """The ``--reason`` of ``--disable`` / ``--enable`` (required there, checked like every
+    reason: letters or digits, not only spaces, punctuation or invisible characters)."""
+    from gateway.web import meaningful_reason
+
+    if args.disable and args.enable:
+        raise ValueError("give --disable or --enable, not both")
+    if not (args.disable or args.enable):
+        return None
+    if not args.reason:
+        raise ValueError("reason: --disable and --enable need --reason (it is audited)")
+    try:
+        return meaningful_reason(args.reason)
+    except ValueError as exc:
+        raise ValueError(f"reason: {exc}") from None
 
 
 def _cmd_session(args: argparse.Namespace) -> int:
@@ -381,13 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     user = with_store(sub.add_parser(
-        "user", help="create a dashboard login or reset its password",
-        description="Create a dashboard account (or reset its password and role). Roles: "
-                    "viewer (reads), technician (+ remote unlock), proctor (+ manual admit, "
-                    "mark absent, alerts), manager (everything: sessions, rosters, users)."))
+        "user", help="create a dashboard login, reset its password, set its rooms, disable it",
+        description="Create a dashboard account or reset its password and role (--role; a reset "
+                    "ends every login of the account). Roles: viewer (reads), technician (+ "
+                    "remote unlock), proctor (+ manual admit, mark absent, alerts), manager "
+                    "(everything: sessions, rosters, users). Every account but a manager's "
+                    "acts only on its rooms (--rooms). --disable ends its logins at once."))
     user.add_argument("username")
-    user.add_argument("--role", required=True, choices=("viewer", "technician", "proctor",
-                                                         "manager"))
+    user.add_argument("--role", choices=("viewer", "technician", "proctor", "manager"),
+                      help="create the account, or reset its password and role")
+    user.add_argument("--rooms", metavar="LIST",
+                      help="rooms it may act on: R01,R02 (every session), S1/R01 (one "
+                           "session), S1/* or * (every room); required for a new proctor")
+    user.add_argument("--disable", action="store_true",
+                      help="disable the account: its logins end now (needs --reason)")
+    user.add_argument("--enable", action="store_true",
+                      help="enable a disabled account again (needs --reason)")
+    user.add_argument("--reason", help="why (audited), for --disable / --enable")
+    user.add_argument("--unlock", action="store_true",
+                      help="end a login lock-out of this username now")
     user.add_argument("--password-stdin", action="store_true",
                       help="read the password from standard input instead of prompting")
     user.set_defaults(func=_cmd_user)
