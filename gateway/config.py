@@ -60,7 +60,7 @@ class ServiceConfig:
     public_stream_per_address: int = 4
     #: Address-space limit of the web process (RLIMIT_AS), MB; 0 = none. A request that needs
     #: more fails in the web process alone, which is restarted; ingest is never touched.
-    web_memory_limit_mb: int = 1536
+    web_memory_limit_mb: int = 1024
     #: Password checks (Argon2id, 64 MiB each) running at once, and how many more may wait for
     #: one; the rest are answered 503 at once.
     login_concurrency: int = 2

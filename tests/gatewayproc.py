@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -51,6 +52,14 @@ def rss_mb(pid: int) -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return 0.0
+
+
+def vm_peak_mb(pid: int) -> float:
+    """VmPeak (the largest address space so far) of one process in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmPeak:"):
+            return int(line.split()[1]) / 1024
     return 0.0
 
 
@@ -103,7 +112,7 @@ def broker_connections(pid: int, broker_port: int) -> int:
 class Gateway:
     """A real ``gerbang-gateway run`` with its config, database and log."""
 
-    def __init__(self, tmp_path: Path, broker_port: int, verify: str | bool = True,
+    def __init__(self, tmp_path: Path, broker_port: int, verify: ssl.SSLContext | bool = True,
                  **gateway: object) -> None:
         self.db = tmp_path / "gw.sqlite"
         self.port = free_port()
@@ -171,7 +180,7 @@ class Gateway:
 
 
 def login(base: str, username: str, password: str, source: str = "127.0.0.1",
-          timeout: float = 60, verify: str | bool = True) -> httpx.Response:
+          timeout: float = 60, verify: ssl.SSLContext | bool = True) -> httpx.Response:
     """POST /api/login from the loopback address ``source`` (127.0.0.0/8: each is one
     client address to the gateway)."""
     transport = httpx.HTTPTransport(local_address=source, verify=verify)

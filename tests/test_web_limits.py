@@ -7,11 +7,13 @@ process. Figures are printed (``pytest -s``) for the report."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -22,7 +24,9 @@ from gatewayproc import (
     PeakRss,
     broker_connections,
     login,
+    rss_mb,
     total_rss_mb,
+    vm_peak_mb,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 from waiting import wait_until
@@ -134,6 +138,13 @@ def test_forty_parallel_wrong_logins_keep_memory_bounded_and_ingest_storing(make
     assert web is not None, "run should serve the dashboard from a child process of its own"
     assert broker_connections(web, gw.broker_port) == 0
     assert broker_connections(gw.proc.pid, gw.broker_port) == 1
+    print(f"web process: RSS {rss_mb(web):.0f} MB, largest address space so far "
+          f"{vm_peak_mb(web):.0f} MB (web_memory_limit_mb default 1024)")
+    # its address space is capped (RLIMIT_AS, web_memory_limit_mb), the ingest's is not
+    limits = Path(f"/proc/{web}/limits").read_text()
+    assert re.search(r"Max address space\s+1073741824\s", limits), limits
+    assert "unlimited" in next(line for line in Path(f"/proc/{gw.proc.pid}/limits").read_text()
+                               .splitlines() if line.startswith("Max address space"))
 
 
 def send_body(port: int, head: str, total: int, chunked: bool,
