@@ -204,14 +204,14 @@ def test_a_reason_must_have_letters_or_digits(app, reason):
 
 def test_the_login_form_refuses_a_cross_site_post(app):
     app, _ = app
-    browser = TestClient(app)
-    form = browser.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
     fields = {"username": "manager1", "password": PASSWORD, "next": "/"}
     # another site's form: no token of ours (its cookie is SameSite=Strict, never sent)
     forged = TestClient(app).post("/login", data=fields, follow_redirects=False)
     assert forged.status_code == 403 and "gerbang_session" not in forged.headers.get(
         "set-cookie", "")
+    browser = TestClient(app)
+    form = browser.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
     # a token, but the browser says the post came from elsewhere
     elsewhere = browser.post("/login", data={**fields, "csrf": csrf}, follow_redirects=False,
                              headers={"Origin": "http://evil.example"})
