@@ -20,23 +20,33 @@ from gerbang.stopping import stop_processes
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.store import Store
+    from gateway.webproc import WebProcess
 from gerbang.logs import setup_logging
 
 log = logging.getLogger("gateway")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load_run_config(args: argparse.Namespace, web: bool = False) -> GatewayConfig:
+    """The config of ``run`` (or, ``web``, of the web process): the file, then the
+    command-line overrides."""
     from gateway.config import load_gateway_config
+
+    http = None if web or not (args.no_http or args.worker_of) else False
+    return load_gateway_config(args.config, {
+        "gateway": {"db": args.db, "http_host": args.http_host, "http_port": args.http_port,
+                    "client_id": getattr(args, "client_id", None),
+                    "share_group": getattr(args, "share_group", None),
+                    "ingest_workers": getattr(args, "ingest_workers", None), "http": http},
+        "broker": {"host": getattr(args, "broker_host", None),
+                   "port": getattr(args, "broker_port", None),
+                   "protocol": getattr(args, "mqtt_protocol", None)}})
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.ingest import DEFAULT_SHARE_GROUP, Ingest
     from gateway.store import open_store
 
-    config = load_gateway_config(args.config, {
-        "gateway": {"db": args.db, "http_host": args.http_host, "http_port": args.http_port,
-                    "client_id": args.client_id, "share_group": args.share_group,
-                    "ingest_workers": args.ingest_workers,
-                    "http": False if args.no_http or args.worker_of else None},
-        "broker": {"host": args.broker_host, "port": args.broker_port,
-                   "protocol": args.mqtt_protocol}})
+    config = _load_run_config(args)
     gw = config.gateway
     # A child started by another `run` is one ingest worker, nothing else.
     workers = 1 if args.worker_of or args.retire else gw.ingest_workers
@@ -63,40 +73,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif gw.retention_days > 0:
         threading.Thread(target=_retention_loop, args=(store, gw.retention_days, stop),
                          name="retention", daemon=True).start()
-    if not gw.http:
+    web = _start_web(args, config, workers)
+    if web is None:
         log.info("ingest-only worker %s (database %s%s)", gw.client_id, gw.db,
                  f", share group {share_group}" if share_group else "")
-        stop.wait()
-        pool.stop()
-        outgoing.stop()
-        ingest.stop()
-        log.info("stopped: %s", ingest.stats)
-        return 0
-    import uvicorn
-
-    from gateway.web import create_app
-
-    app = create_app(store, ingest.stats, display_utc_offset_h=gw.display_utc_offset_h)
-    server = uvicorn.Server(uvicorn.Config(app, host=gw.http_host, port=gw.http_port,
-                                           log_level="warning"))
-    log.info("dashboard at http://%s:%d/  (database %s, %d ingest worker%s)", gw.http_host,
-             gw.http_port, gw.db, workers, "s" if workers > 1 else "")
-
-    def on_signal(*_: object) -> None:
-        stop.set()
-        server.should_exit = True
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    try:
-        server.run()
-    finally:
-        pool.stop()
-        outgoing.stop()
-        ingest.stop()
-        log.info("stopped: %s", ingest.stats)
+    stop.wait()
+    if web is not None:
+        web.stop()
+    pool.stop()
+    outgoing.stop()
+    ingest.stop()
+    log.info("stopped: %s", ingest.stats)
     return 0
+
+
+def _start_web(args: argparse.Namespace, config: GatewayConfig,
+               workers: int) -> WebProcess | None:
+    """The web tier's child process of this ``run`` (None for an ingest-only process): the
+    ingest process itself serves no HTTP (docs/gateway.md, "Process layout")."""
+    from gateway.webproc import WebProcess
+
+    gw = config.gateway
+    if not gw.http:
+        return None
+    web = WebProcess(args)
+    web.start()
+    scheme = "https" if gw.tls else "http"
+    log.info("dashboard at %s://%s:%d/ served by its own process (database %s, %d ingest "
+             "worker%s)", scheme, gw.http_host, gw.http_port, gw.db, workers,
+             "s" if workers > 1 else "")
+    return web
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    """The web tier alone: what ``run`` starts as its child, or more web processes against
+    one PostgreSQL (no broker connection; commands go through the store)."""
+    from gateway.webproc import serve_web
+
+    return serve_web(_load_run_config(args, web=True), parent=args.worker_of)
 
 
 class _WorkerPool:
@@ -229,21 +243,79 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _cmd_user(args: argparse.Namespace) -> int:
+    """Create or reset an account (``--role``), set its rooms, disable or enable it, or end a
+    login lock-out; each change is audited as ``cli:<unix user>``."""
     import getpass
 
-    from gateway.auth import add_user
+    from gateway.auth import add_user, check_username, parse_rooms
 
-    password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
-                else getpass.getpass(f"password for {args.username}: "))
-    store = _store(args)
-    try:
-        add_user(store, args.username, password, args.role)
-    except ValueError as exc:
-        log.error("user not saved: %s", exc)
+    if not (args.role or args.rooms or args.disable or args.enable or args.unlock):
+        log.error("nothing to do: give --role (create or reset the password), --rooms, "
+                  "--disable, --enable or --unlock")
         return 2
-    store.audit(f"cli:{getpass.getuser()}", "user_put", args.username, {"role": args.role})
-    print(f"user {args.username} ({args.role}) saved")
+    try:
+        check_username(args.username)
+        rooms = parse_rooms(args.rooms) if args.rooms else None
+        reason = _user_reason(args)
+    except ValueError as exc:
+        log.error("user not changed: %s", exc)
+        return 2
+    store = _store(args)
+    who = f"cli:{getpass.getuser()}"
+    exists = store.user(args.username) is not None
+    if args.role:
+        if args.role == "proctor" and rooms is None and not exists:
+            log.error("user not saved: rooms: a new proctor needs --rooms (e.g. --rooms "
+                      "R01,R02, or --rooms '*' for every room)")
+            return 2
+        password = (sys.stdin.readline().rstrip("\n") if args.password_stdin
+                    else getpass.getpass(f"password for {args.username}: "))
+        try:
+            add_user(store, args.username, password, args.role, rooms)
+        except ValueError as exc:
+            log.error("user not saved: %s", exc)
+            return 2
+        store.audit(who, "user_put", args.username,
+                    {"role": args.role, "rooms": store.all_user_rooms().get(args.username)})
+        print(f"user {args.username} ({args.role}) saved; any earlier login of it has ended")
+    elif not exists:
+        log.error("no user %r: create it with --role first", args.username)
+        return 2
+    elif rooms is not None:
+        store.set_user_rooms(args.username, rooms)
+        store.audit(who, "user_rooms", args.username,
+                    {"rooms": store.all_user_rooms().get(args.username)})
+    if rooms is not None:
+        print(f"user {args.username} acts on: "
+              f"{', '.join(store.all_user_rooms().get(args.username, []))}")
+    if args.disable or args.enable:
+        store.set_user_disabled(args.username, bool(args.disable), who)
+        store.audit(who, "user_disable" if args.disable else "user_enable", args.username,
+                    {"reason": reason})
+        state = "disabled: its logins have ended" if args.disable else "enabled"
+        print(f"user {args.username} {state}")
+    if args.unlock:
+        cleared = store.clear_login_failures("user", args.username)
+        store.audit(who, "login_unlock", args.username)
+        print(f"user {args.username}: {'lock-out ended' if cleared else 'was not locked out'}")
     return 0
+
+
+def _user_reason(args: argparse.Namespace) -> str | None:
+    """The ``--reason`` of ``--disable`` / ``--enable`` (required there, checked like every
+    reason: letters or digits, not only spaces, punctuation or invisible characters)."""
+    from gateway.web import meaningful_reason
+
+    if args.disable and args.enable:
+        raise ValueError("give --disable or --enable, not both")
+    if not (args.disable or args.enable):
+        return None
+    if not args.reason:
+        raise ValueError("reason: --disable and --enable need --reason (it is audited)")
+    try:
+        return meaningful_reason(args.reason)
+    except ValueError as exc:
+        raise ValueError(f"reason: {exc}") from None
 
 
 def _cmd_session(args: argparse.Namespace) -> int:
@@ -321,6 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "what the broker still holds for it, then end its session")
     run.set_defaults(func=_cmd_run)
 
+    web = sub.add_parser(
+        "web", help="serve the dashboard only (what `run` starts as its web process)",
+        description="The web tier alone: dashboard, API, public board listener; no broker "
+                    "connection (gate commands go through the store's queue, ingest counters "
+                    "come from the store). `run` starts it as a child process of its own; run "
+                    "it by hand for more web processes against one PostgreSQL.")
+    web.add_argument("--config", type=Path, help="gateway TOML config (defaults otherwise)")
+    web.add_argument("--db", help="SQLite database path or postgresql:// URL")
+    web.add_argument("--http-host", help="dashboard bind address (default 127.0.0.1)")
+    web.add_argument("--http-port", type=int, help="dashboard port (default 8080)")
+    web.add_argument("--worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    web.set_defaults(func=_cmd_web)
+
     bench = sub.add_parser(
         "bench", help="ingest benchmark: events/s from simulated devices into each back-end",
         description="Starts Mosquitto, a gateway (`run --no-http --ingest-workers N`) and "
@@ -354,13 +439,25 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     user = with_store(sub.add_parser(
-        "user", help="create a dashboard login or reset its password",
-        description="Create a dashboard account (or reset its password and role). Roles: "
-                    "viewer (reads), technician (+ remote unlock), proctor (+ manual admit, "
-                    "mark absent, alerts), manager (everything: sessions, rosters, users)."))
+        "user", help="create a dashboard login, reset its password, set its rooms, disable it",
+        description="Create a dashboard account or reset its password and role (--role; a reset "
+                    "ends every login of the account). Roles: viewer (reads), technician (+ "
+                    "remote unlock), proctor (+ manual admit, mark absent, alerts), manager "
+                    "(everything: sessions, rosters, users). Every account but a manager's "
+                    "acts only on its rooms (--rooms). --disable ends its logins at once."))
     user.add_argument("username")
-    user.add_argument("--role", required=True, choices=("viewer", "technician", "proctor",
-                                                         "manager"))
+    user.add_argument("--role", choices=("viewer", "technician", "proctor", "manager"),
+                      help="create the account, or reset its password and role")
+    user.add_argument("--rooms", metavar="LIST",
+                      help="rooms it may act on: R01,R02 (every session), S1/R01 (one "
+                           "session), S1/* or * (every room); required for a new proctor")
+    user.add_argument("--disable", action="store_true",
+                      help="disable the account: its logins end now (needs --reason)")
+    user.add_argument("--enable", action="store_true",
+                      help="enable a disabled account again (needs --reason)")
+    user.add_argument("--reason", help="why (audited), for --disable / --enable")
+    user.add_argument("--unlock", action="store_true",
+                      help="end a login lock-out of this username now")
     user.add_argument("--password-stdin", action="store_true",
                       help="read the password from standard input instead of prompting")
     user.set_defaults(func=_cmd_user)

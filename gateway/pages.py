@@ -9,6 +9,7 @@ paint and the live updates can never disagree.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -23,7 +25,9 @@ from fastapi.templating import Jinja2Templates
 from gateway import auth
 from gateway.alerts import current_alerts, open_count
 from gateway.attendance import parse_time, public_board, session_attendance, totals
-from gateway.web import COOKIE, current_user, overview
+from gateway.ratelimit import client_key, same_origin, tokens_match
+from gateway.web import COOKIE, LOGIN_CSRF_COOKIE, overview, set_login_cookie
+from gateway.web import current_user as logged_in
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -146,15 +150,21 @@ def tz_label(offset: timedelta) -> str:
     return f"UTC{sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-def add_pages(app: FastAPI, display_offset: timedelta = timedelta(hours=7)) -> None:
+def add_pages(app: FastAPI, display_offset: timedelta = timedelta(hours=7),
+              public_only: bool = False) -> None:
     """Register the HTML pages, login form, live fragments and static files on ``app``.
-    Times are shown on the centre's clock (``display_offset``, default WIB)."""
+    Times are shown on the centre's clock (``display_offset``, default WIB). ``public_only``:
+    the public board's listener: the board page, its live fragment and static files, nobody
+    logged in (a cookie sent there is ignored), nothing else."""
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates.env.filters["clock"] = clock_filter(display_offset)
     templates.env.globals["tz_label"] = tz_label(display_offset)
 
     def store() -> Any:
         return app.state.ctx.store
+
+    def current_user(request: Request) -> dict[str, Any] | None:
+        return None if public_only else logged_in(request)
 
     def render_fragment(request: Request, name: str, params: dict[str, str]) -> str:
         _, needed, build = FRAGMENTS[name]
@@ -176,28 +186,78 @@ def add_pages(app: FastAPI, display_offset: timedelta = timedelta(hours=7)) -> N
             "user": user, "title": title, "fragment_html": body, "live_url": live,
             "params": params, "params_json": json.dumps(params)})
 
+    @app.get("/board/{session_id}", response_class=HTMLResponse, include_in_schema=False)
+    def board_page(request: Request, session_id: str) -> Response:
+        return page(request, "board.html", "board", {"session": session_id},
+                    "Live attendance", public=True)
+
+    @app.get("/live/{name}", include_in_schema=False)
+    async def live(request: Request, name: str) -> Response:
+        if name not in FRAGMENTS or (public_only and FRAGMENTS[name][0] is not None):
+            raise HTTPException(404, "no such fragment")
+        permission = FRAGMENTS[name][0]
+        if permission and not auth.allowed(await run_in_threadpool(current_user, request),
+                                           permission):
+            raise HTTPException(401, "log in first")
+        params = {k: v for k, v in request.query_params.items() if k in FRAGMENTS[name][1]}
+        # fail now (404/422), not inside the stream
+        await run_in_threadpool(render_fragment, request, name, params)
+        on_close = None
+        if permission is None:  # anonymous (the public board): bounded in total and per address
+            limiter, address = app.state.ctx.board_streams, client_key(request)
+            refused = limiter.try_open(address)
+            if refused is not None:
+                return refused
+            on_close = lambda: limiter.close(address)  # noqa: E731
+        return app.state.sse(lambda: {"html": render_fragment(request, name, params)},
+                             on_close)
+
+    if public_only:
+        return
+
+    def login_page(request: Request, next: str, error: str | None,
+                   status_code: int = 200) -> Response:
+        """The login form with a fresh double-submit token (cookie + hidden field): a form
+        posted from another site carries neither, so it cannot log this browser in."""
+        csrf = secrets.token_urlsafe(24)
+        response = templates.TemplateResponse(
+            request, "login.html", {"next": next, "error": error, "user": None, "csrf": csrf},
+            status_code=status_code)
+        response.set_cookie(LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict",
+                            secure=app.state.ctx.secure_cookies, max_age=3600, path="/login")
+        return response
+
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> Response:
-        return templates.TemplateResponse(request, "login.html",
-                                           {"next": next, "error": None, "user": None})
+        return login_page(request, next, None)
 
     @app.post("/login", include_in_schema=False)
-    def login_submit(request: Request, username: str = Form(...), password: str = Form(...),
-                     next: str = Form("/")) -> Response:
+    async def login_submit(request: Request, username: str = Form(...),
+                           password: str = Form(...), next: str = Form("/"),
+                           csrf: str = Form("")) -> Response:
+        if not same_origin(request) or not tokens_match(
+                request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
+            await run_in_threadpool(store().audit, username[:64].replace("\x00", "\\0"),
+                                    "login_csrf_refused", None,
+                                    {"address": client_key(request),
+                                     "origin": request.headers.get("origin")})
+            return login_page(request, next, "this login form has expired or came from "
+                                             "another site; log in again", 403)
         try:
             if "\x00" in username + password:  # no account has one; PostgreSQL can't compare
-                raise auth.AuthError("wrong username or password")
-            token, user = auth.login(store(), username, password)
-        except auth.AuthError as exc:
-            store().audit(username[:64].replace("\x00", "\\0"), "login_failed")
-            return templates.TemplateResponse(
-                request, "login.html", {"next": next, "error": str(exc), "user": None},
-                status_code=401)
-        store().audit(user["username"], "login")
+                raise HTTPException(401, "wrong username or password")
+            token, _user = await app.state.guarded_login(request, username, password)
+        except HTTPException as exc:
+            if exc.status_code == 401 and "\x00" in username + password:
+                await run_in_threadpool(store().audit, username[:64].replace("\x00", "\\0"),
+                                        "login_failed")
+            page = login_page(request, next, str(exc.detail), exc.status_code)
+            page.headers.update(exc.headers or {})
+            return page
         target = next if next.startswith("/") and not next.startswith("//") else "/"
         response = RedirectResponse(target, 303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
-                            max_age=auth.TOKEN_TTL_S)
+        set_login_cookie(response, token, app.state.ctx.secure_cookies)
+        response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
         return response
 
     @app.post("/logout", include_in_schema=False)
@@ -231,19 +291,3 @@ def add_pages(app: FastAPI, display_offset: timedelta = timedelta(hours=7)) -> N
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
     def alerts_page(request: Request) -> Response:
         return page(request, "alerts.html", "alerts", {}, "Alerts")
-
-    @app.get("/board/{session_id}", response_class=HTMLResponse, include_in_schema=False)
-    def board_page(request: Request, session_id: str) -> Response:
-        return page(request, "board.html", "board", {"session": session_id},
-                    "Live attendance", public=True)
-
-    @app.get("/live/{name}", include_in_schema=False)
-    def live(request: Request, name: str) -> Response:
-        if name not in FRAGMENTS:
-            raise HTTPException(404, "no such fragment")
-        permission = FRAGMENTS[name][0]
-        if permission and not auth.allowed(current_user(request), permission):
-            raise HTTPException(401, "log in first")
-        params = {k: v for k, v in request.query_params.items() if k in FRAGMENTS[name][1]}
-        render_fragment(request, name, params)  # fail now (404/422), not inside the stream
-        return app.state.sse(lambda: {"html": render_fragment(request, name, params)})

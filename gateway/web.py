@@ -1,8 +1,12 @@
-"""The gateway's web side: JSON API (OpenAPI at /docs), login, live pages, public board.
+"""The gateway's web side: JSON API (OpenAPI document at /openapi.json), login, live pages,
+public board.
 
 Every request that reads needs a logged-in user (role ``viewer`` or above) except the public
 board, which shows counts per room and nothing that identifies anyone. Every write is checked
-against the caller's role and recorded in the audit log with who, what and why.
+against the caller's role (and, for applicant actions, unlocks and acknowledgements, the
+account's room scope) and recorded in the audit log with who, what and why. Logins go through
+ratelimit.LoginGuard (bounded password checks, lock-outs); every request body is capped
+(ratelimit.BodyLimit). No Swagger UI or ReDoc page: they load scripts from a CDN.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,12 +36,23 @@ from gateway.attendance import (
     totals,
 )
 from gateway.ingest import IngestStats
+from gateway.ratelimit import (
+    BodyLimit,
+    LoginGuard,
+    LoginLimits,
+    LoginRefused,
+    StreamLimiter,
+    client_key,
+    same_origin,
+)
 from gateway.reports import attendance_csv, attendance_pdf, audit_csv
 from gateway.roster_import import parse_roster_csv
 from gateway.store import Store
 from gerbang.wire import ID_PATTERN, utc_now_iso
 
 COOKIE = "gerbang_session"
+#: The login form's double-submit token (login CSRF): a cookie and a hidden field that match.
+LOGIN_CSRF_COOKIE = "gerbang_login_csrf"
 #: Publishes a command to a gate: (centre, device_id, command name, payload) -> None.
 Commander = Callable[[str, str, str, dict[str, Any]], None]
 
@@ -49,6 +65,11 @@ class WebContext:
     stats: IngestStats | None = None
     commander: Commander | None = None
     poll_s: float = 0.3
+    guard: LoginGuard | None = None
+    #: ``Secure`` on every cookie (HTTPS here, or at a reverse proxy).
+    secure_cookies: bool = False
+    #: The public board's live streams (total and per address).
+    board_streams: StreamLimiter | None = None
 
 
 def queued_commander(store: Store) -> Commander:
@@ -62,6 +83,45 @@ def queued_commander(store: Store) -> Commander:
     return command
 
 
+class ClosingStream(StreamingResponse):
+    """A StreamingResponse that calls ``on_close`` when it is over, even if the body never
+    started (so a counted live stream is always given back)."""
+
+    def __init__(self, content: Any, on_close: Callable[[], None] | None,
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+
+def sse_stream(ctx: WebContext, build: Callable[[], Any],
+               on_close: Callable[[], None] | None = None) -> StreamingResponse:
+    """A server-sent event stream of ``build()`` whenever the store changes (polled every
+    ``ctx.poll_s``); ``on_close`` runs once the response is over (the client went away)."""
+
+    async def gen() -> AsyncIterator[str]:
+        last, quiet = None, 0
+        while True:
+            token = await asyncio.to_thread(ctx.store.change_token)
+            if token != last:
+                last, quiet = token, 0
+                data = await asyncio.to_thread(build)
+                yield f"data: {json.dumps(data, default=str)}\n\n"
+            elif (quiet := quiet + 1) * ctx.poll_s >= 15:
+                quiet = 0
+                yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
+            await asyncio.sleep(ctx.poll_s)
+
+    return ClosingStream(gen(), on_close, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-store"})
+
+
 def clean_text(value: str) -> str:
     """``value`` if a store can keep it; ValueError for NUL characters (PostgreSQL refuses
     them) and unpaired surrogates (``\\ud800`` in JSON: not encodable as UTF-8)."""
@@ -72,6 +132,18 @@ def clean_text(value: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode (no unpaired surrogates)") from None
     return value
+
+
+def meaningful_reason(value: str) -> str:
+    """``value`` stripped, if a person could read it as a reason: at least 3 letters or digits
+    once whitespace and invisible characters (zero-width spaces and joiners, bidi marks, soft
+    hyphens: Unicode category Cf) are left out. Spaces, punctuation or ``\u200b`` alone are
+    refused (ValueError), wherever a reason is required (API and CLI)."""
+    text = "".join(c for c in value if unicodedata.category(c) != "Cf").strip()
+    if sum(1 for c in text if unicodedata.category(c)[0] in "LN") < 3:
+        raise ValueError("a reason needs at least 3 letters or digits (spaces, punctuation "
+                         "and invisible characters do not count)")
+    return text
 
 
 class TextModel(BaseModel):
@@ -128,7 +200,7 @@ class ExamSessionIn(TextModel):
         try:
             parsed = parse_time(value)
         except ValueError:
-            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+            raise ValueError("not an ISO 8601 time") from None
         if parsed.utcoffset() is None or "T" not in value:
             raise ValueError("give a date and time with its UTC offset, e.g. "
                              "2026-12-01T07:30:00+07:00")
@@ -143,6 +215,11 @@ class ApplicantAction(TextModel):
     reason: str = Field(min_length=3, max_length=300,
                         description="e.g. 'identity checked against KTP 3174…; camera refused'")
 
+    @field_validator("reason")
+    @classmethod
+    def _meaningful(cls, value: str) -> str:
+        return meaningful_reason(value)
+
     @field_validator("action")
     @classmethod
     def _known(cls, value: str) -> str:
@@ -155,6 +232,11 @@ class Reason(TextModel):
     """Why a proctor or technician did something."""
 
     reason: str = Field(min_length=3, max_length=300)
+
+    @field_validator("reason")
+    @classmethod
+    def _meaningful(cls, value: str) -> str:
+        return meaningful_reason(value)
 
 
 class Note(TextModel):
@@ -169,6 +251,10 @@ class NewUser(TextModel):
     username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     password: str = Field(min_length=auth.MIN_PASSWORD, max_length=256)
     role: str = Field(json_schema_extra={"enum": list(auth.ROLES)})
+    rooms: list[str] | None = Field(
+        default=None, max_length=200,
+        description="room scope: ROOM (every session), SESSION/ROOM, SESSION/* or *; "
+                    "required for a new proctor; omitted = keep (every room for a new account)")
 
     @field_validator("role")
     @classmethod
@@ -176,6 +262,49 @@ class NewUser(TextModel):
         if value not in auth.ROLES:
             raise ValueError(f"must be one of {', '.join(auth.ROLES)}")
         return value
+
+    @field_validator("rooms")
+    @classmethod
+    def _rooms(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            auth.parse_rooms(value)
+        return value
+
+
+class RoomScope(TextModel):
+    """An account's room scope."""
+
+    rooms: list[str] = Field(min_length=1, max_length=200,
+                             description="ROOM (every session), SESSION/ROOM, SESSION/* or *")
+
+    @field_validator("rooms")
+    @classmethod
+    def _rooms(cls, value: list[str]) -> list[str]:
+        auth.parse_rooms(value)
+        return value
+
+
+def set_login_cookie(response: Response, token: str, secure: bool) -> None:
+    """The page login cookie: HttpOnly, SameSite=Strict, ``Secure`` over HTTPS."""
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure,
+                        max_age=auth.TOKEN_TTL_S)
+
+
+def scope_error(user: dict[str, Any], what: str) -> HTTPException:
+    """The 403 for an action outside the caller's room scope."""
+    return HTTPException(403, f"{user['username']} may not act on {what}: outside the "
+                              "account's rooms (a manager sets them: gerbang-gateway user "
+                              f"{user['username']} --rooms ...)")
+
+
+def device_room(store: Store, device_id: str) -> tuple[str | None, str | None]:
+    """``(session, room)`` a gate serves, from its latest birth message (None if unknown);
+    used to scope remote unlocks and a gate's alerts to the proctors of that room."""
+    device = next((d for d in store.devices() if d["device_id"] == device_id), None)
+    status = (device or {}).get("status") or {}
+    room, session = status.get("room"), status.get("session")
+    return (session if isinstance(session, str) else None,
+            room if isinstance(room, str) else None)
 
 
 def _token(request: Request) -> str | None:
@@ -244,25 +373,38 @@ def checkins_per_minute(store: Store, session_id: str, minutes: int = 60,
     return dict(sorted(series.items()))
 
 
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """What a 422 says: for each error its location, type and message, never the submitted
+    value (a password, a roster line) nor pydantic's context (which can quote it)."""
+    return [{"loc": list(e.get("loc", ())), "type": e.get("type"), "msg": e.get("msg")}
+            for e in exc.errors()]
+
+
 def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0.3,
-               commander: Commander | None = None, display_utc_offset_h: float = 7.0,
-               ) -> FastAPI:
+               commander: Commander | None = None, display_utc_offset_h: float = 7.0, *,
+               secure_cookies: bool = False, login_limits: LoginLimits | None = None,
+               board_streams: StreamLimiter | None = None) -> FastAPI:
     """The FastAPI application over ``store`` (``stats`` from an ingest in this process, if
     any, else the ingest processes' counters in the store; ``commander`` sends gate commands
-    such as remote unlock, by default through the store's command queue)."""
-    app = FastAPI(title="Gerbang gateway", version="0.2.0",
+    such as remote unlock, by default through the store's command queue). ``secure_cookies``
+    marks cookies ``Secure``; ``login_limits`` and ``board_streams`` bound logins and the public
+    board's live streams (defaults: the config's defaults)."""
+    app = FastAPI(title="Gerbang gateway", version="0.2.0", docs_url=None, redoc_url=None,
                   description="Live exam-room attendance from Gerbang gate devices. Log in "
                               "with POST /api/login and send the token as a Bearer header.")
     app.add_middleware(RejectNul)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        # FastAPI's own handler echoes the input back and fails (500) when it holds an unpaired
-        # surrogate ("\ud800" in JSON); ASCII-escaped JSON can carry any string.
-        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, default=str)
+        # No echo of the input (FastAPI's own handler returns it, and fails with 500 when it
+        # holds an unpaired surrogate); ASCII-escaped JSON can carry any message.
+        body = json.dumps({"detail": jsonable_encoder(validation_errors(exc))}, default=str)
         return Response(body, status_code=422, media_type="application/json")
     ctx = WebContext(store=store, stats=stats, commander=commander or queued_commander(store),
-                     poll_s=poll_s)
+                     poll_s=poll_s, guard=LoginGuard(store, login_limits),
+                     secure_cookies=secure_cookies,
+                     board_streams=board_streams or StreamLimiter(100, 4))
     app.state.ctx = ctx
 
     def need_session(session_id: str) -> dict[str, Any]:
@@ -273,18 +415,37 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
 
     # ---- login ------------------------------------------------------------------------------
 
-    @app.post("/api/login", tags=["auth"])
-    def api_login(credentials: Credentials, response: Response) -> dict[str, Any]:
-        """Log in; returns a bearer token (also set as an HttpOnly cookie for the pages)."""
-        try:
-            token, user = auth.login(store, credentials.username, credentials.password)
-        except auth.AuthError as exc:
-            store.audit(credentials.username, "login_failed")
-            raise HTTPException(401, str(exc)) from None
-        store.audit(user["username"], "login")
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict",
-                            max_age=auth.TOKEN_TTL_S)
+    @app.post("/api/login", tags=["auth"],
+              responses={401: {"description": "wrong username or password"},
+                         403: {"description": "account disabled, or a cross-site request"},
+                         429: {"description": "username or address locked out"},
+                         503: {"description": "too many password checks at once"}})
+    async def api_login(credentials: Credentials, request: Request,
+                        response: Response) -> dict[str, Any]:
+        """Log in; returns a bearer token (also set as an HttpOnly cookie for the pages).
+        Failed logins lock the username and the client address for a while (429)."""
+        if not same_origin(request):
+            raise HTTPException(403, "cross-site login refused")
+        token, user = await guarded_login(request, credentials.username, credentials.password)
+        set_login_cookie(response, token, ctx.secure_cookies)
         return {"token": token, "user": user}
+
+    async def guarded_login(request: Request, username: str, password: str,
+                            ) -> tuple[str, dict[str, Any]]:
+        """A login through the guard, audited; HTTPException with the guard's status."""
+        assert ctx.guard is not None
+        try:
+            token, user = await ctx.guard.login(username, password, client_key(request))
+        except LoginRefused as exc:
+            if exc.status in (401, 403):
+                await asyncio.to_thread(store.audit, username[:64], "login_failed", None,
+                                        {"address": client_key(request)})
+            raise HTTPException(exc.status, exc.message, headers=exc.headers()) from None
+        await asyncio.to_thread(store.audit, user["username"], "login", None,
+                                {"address": client_key(request)})
+        return token, user
+
+    app.state.guarded_login = guarded_login
 
     @app.post("/api/logout", tags=["auth"])
     def api_logout(request: Request, response: Response) -> dict[str, str]:
@@ -301,19 +462,66 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         return user
 
     @app.post("/api/users", tags=["auth"], status_code=201)
-    def create_user(new: NewUser, user: Manager) -> dict[str, str]:
-        """Create a dashboard account or reset one's password and role (managers only)."""
+    def create_user(new: NewUser, user: Manager) -> dict[str, Any]:
+        """Create a dashboard account or reset one's password and role (managers only). A reset
+        ends every login of the account. A new proctor needs ``rooms``."""
         try:
-            auth.add_user(store, new.username, new.password, new.role)
+            if new.role == "proctor" and new.rooms is None and store.user(new.username) is None:
+                raise ValueError("rooms: a new proctor needs its rooms (e.g. [\"R01\"], or "
+                                 "[\"*\"] for every room)")
+            rooms = auth.parse_rooms(new.rooms) if new.rooms is not None else None
+            auth.add_user(store, new.username, new.password, new.role, rooms)
         except ValueError as exc:  # the rule the CLI applies too, e.g. a name of only "-"
             raise HTTPException(422, str(exc)) from None
-        store.audit(user["username"], "user_put", new.username, {"role": new.role})
-        return {"username": new.username, "role": new.role}
+        scope = store.all_user_rooms().get(new.username, [])
+        store.audit(user["username"], "user_put", new.username,
+                    {"role": new.role, "rooms": scope})
+        return {"username": new.username, "role": new.role, "rooms": scope}
 
     @app.get("/api/users", tags=["auth"])
     def list_users(user: Manager) -> list[dict[str, Any]]:
-        """Dashboard accounts (no password hashes)."""
+        """Dashboard accounts (no password hashes): role, room scope, disabled or not."""
         return store.users()
+
+    def need_user(username: str) -> dict[str, Any]:
+        found = store.user(username)
+        if found is None:
+            raise HTTPException(404, f"no user {username!r}")
+        return found
+
+    @app.post("/api/users/{username}/disable", tags=["auth"])
+    def disable_user(username: str, body: Reason, user: Manager) -> dict[str, Any]:
+        """Disable an account: its logins end at once and it cannot log in (audited)."""
+        need_user(username)
+        if username == user["username"]:
+            raise HTTPException(409, "you cannot disable your own account")
+        store.set_user_disabled(username, True, user["username"])
+        store.audit(user["username"], "user_disable", username, {"reason": body.reason})
+        return {"username": username, "disabled": True}
+
+    @app.post("/api/users/{username}/enable", tags=["auth"])
+    def enable_user(username: str, body: Reason, user: Manager) -> dict[str, Any]:
+        """Enable a disabled account again (audited); it logs in with its password."""
+        need_user(username)
+        store.set_user_disabled(username, False, user["username"])
+        store.audit(user["username"], "user_enable", username, {"reason": body.reason})
+        return {"username": username, "disabled": False}
+
+    @app.put("/api/users/{username}/rooms", tags=["auth"])
+    def put_user_rooms(username: str, body: RoomScope, user: Manager) -> dict[str, Any]:
+        """Set the rooms an account may act on (``*`` = every room), audited."""
+        need_user(username)
+        store.set_user_rooms(username, auth.parse_rooms(body.rooms))
+        scope = store.all_user_rooms().get(username, [])
+        store.audit(user["username"], "user_rooms", username, {"rooms": scope})
+        return {"username": username, "rooms": scope}
+
+    @app.post("/api/users/{username}/unlock", tags=["auth"])
+    def unlock_user(username: str, user: Manager) -> dict[str, Any]:
+        """End a username's login lock-out now (audited)."""
+        cleared = store.clear_login_failures("user", username[:64])
+        store.audit(user["username"], "login_unlock", username[:64])
+        return {"username": username, "was_locked": cleared}
 
     # ---- sessions, rosters, attendance --------------------------------------------------------
 
@@ -380,6 +588,8 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         if store.exam_session(session_id) is None or applicant_id not in roster:
             raise HTTPException(404, f"{applicant_id!r} is not on the roster of "
                                      f"{session_id!r}")
+        if not auth.may_act_on(store, user, session_id, roster[applicant_id]["room"]):
+            raise scope_error(user, f"room {roster[applicant_id]['room']} of {session_id}")
         row = {"ts": utc_now_iso(), "session_id": session_id,
                "room": roster[applicant_id]["room"], "applicant_id": applicant_id,
                "device_id": None, "action": body.action, "reason": body.reason,
@@ -434,6 +644,9 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         known = {d["device_id"]: d for d in store.devices()}
         if device_id not in known:
             raise HTTPException(404, f"unknown device {device_id!r}")
+        session, room = device_room(store, device_id)
+        if not auth.may_act_on(store, user, session, room):
+            raise scope_error(user, f"gate {device_id} (room {room or 'unknown'})")
         ctx.commander(known[device_id]["centre"], device_id, "unlock",
                       {"reason": body.reason, "by": user["username"], "ts": utc_now_iso()})
         store.audit(user["username"], "remote_unlock", device_id, {"reason": body.reason})
@@ -449,8 +662,15 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
     def acknowledge(alert_key: str, user: Proctor,
                     body: Annotated[Note | None, Body()] = None) -> dict[str, Any]:
         """Mark an alert as seen and handled."""
-        if alert_key not in {a["key"] for a in current_alerts(store, limit=10_000)}:
+        alert = next((a for a in current_alerts(store, limit=10_000) if a["key"] == alert_key),
+                     None)
+        if alert is None:
             raise HTTPException(404, f"no alert {alert_key!r}")
+        session, room = (device_room(store, alert["device_id"]) if alert["device_id"]
+                         else (None, None))
+        room = alert["room"] or room
+        if not auth.may_act_on(store, user, session, room):
+            raise scope_error(user, f"the alert of room {room or 'unknown'}")
         note = body.note if body else None
         new = store.acknowledge(alert_key, user["username"], note)
         if new:
@@ -506,22 +726,9 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
             raise HTTPException(401, "log in first")
         return sse(lambda: overview(store))
 
-    def sse(build: Callable[[], Any]) -> StreamingResponse:
-        async def gen() -> AsyncIterator[str]:
-            last, quiet = None, 0
-            while True:
-                token = await asyncio.to_thread(store.change_token)
-                if token != last:
-                    last, quiet = token, 0
-                    data = await asyncio.to_thread(build)
-                    yield f"data: {json.dumps(data, default=str)}\n\n"
-                elif (quiet := quiet + 1) * ctx.poll_s >= 15:
-                    quiet = 0
-                    yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
-                await asyncio.sleep(ctx.poll_s)
-
-        return StreamingResponse(gen(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store"})
+    def sse(build: Callable[[], Any],
+            on_close: Callable[[], None] | None = None) -> StreamingResponse:
+        return sse_stream(ctx, build, on_close)
 
     app.state.sse = sse
     from gateway.pages import add_pages

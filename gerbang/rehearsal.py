@@ -1194,6 +1194,20 @@ def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: Ga
                            "up to 30 s)" if drained else "NOT delivered within 180 s"))
 
 
+def _children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 def _proc_usage(pid: int) -> tuple[float, float] | None:
     """(CPU seconds used, proportional set size in MB) of a process, from /proc.
 
@@ -1673,7 +1687,9 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
                      if rig.process is not None and rig.process.poll() is None
                      for pid in (rig.process.pid, *rig.workers().values())]
             if gateway.process is not None and gateway.process.poll() is None:
-                found.append(("gateway", gateway.process.pid))
+                # the ingest process and its children (the web process, ingest workers)
+                found += [("gateway", pid) for pid in (gateway.process.pid,
+                                                       *_children_of(gateway.process.pid))]
             if broker.process is not None and broker.process.poll() is None:
                 found.append(("mosquitto", broker.process.pid))
             found.append(("rehearsal", os.getpid()))

@@ -4,6 +4,7 @@ public board, alerts, and the live stream."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -49,6 +50,16 @@ def client_for(app, username=None):
     return client
 
 
+def form_login(client, username, password, next_path="/"):
+    """Log in through the page's form as a browser does: GET the form (its double-submit
+    token comes as a cookie and a hidden field), then POST it."""
+    form = client.get(f"/login?next={next_path}")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    return client.post("/login", data={"username": username, "password": password,
+                                       "next": next_path, "csrf": csrf},
+                       follow_redirects=False)
+
+
 @pytest.fixture
 def setup(users):
     commands = []
@@ -79,9 +90,7 @@ def test_logins_and_roles(setup):
     # Only the token's hash is stored; a page login sets an HttpOnly cookie.
     token = manager.headers["Authorization"][7:]
     assert token not in json.dumps(store._execute("SELECT * FROM auth_tokens"))
-    page_login = client_for(app).post("/login", data={"username": "viewer1",
-                                                      "password": PASSWORD, "next": "/"},
-                                      follow_redirects=False)
+    page_login = form_login(client_for(app), "viewer1", PASSWORD)
     assert page_login.status_code == 303
     assert "httponly" in page_login.headers["set-cookie"].lower()
     assert client_for(app).get("/", follow_redirects=False).headers["location"].startswith(
