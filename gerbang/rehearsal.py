@@ -1347,6 +1347,7 @@ def provision_centre(run_dir: Path, gates: list[str], port: int) -> CentreTLS:
     # in this private folder: stay the user who runs the rehearsal (as MosquittoBroker does).
     config = write_mosquitto_tls_config(broker_dir, CENTRE, certs, server.cert_path,
                                         server.key_path, port, bind_address="127.0.0.1",
+                                        identities=pki.broker_identities(ca),
                                         run_as_user=getpass.getuser())
     pem = ca.cert_path.read_text()
     digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()

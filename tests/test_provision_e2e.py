@@ -207,7 +207,7 @@ def test_the_broker_refuses_impersonation_and_clients_without_certificate(centre
     anonymous = Probe(env, None)
     try:
         assert gateway.connect() and gate_a.connect()
-        gateway.subscribe(f"gerbang/v1/{CENTRE}/#")
+        gateway.subscribe_as_ingest()
         forged = wire.events_topic(CENTRE, "c01-r02-a")
         assert gate_a.publish(forged, event_payload("c01-r02-a", 99)).value == NOT_AUTHORIZED
         marker = wire.events_topic(CENTRE, "c01-r01-a")
