@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,11 +139,37 @@ def resolve_mqtt_identity(config: GatewayConfig, *, workers: int, worker: bool,
                                gateway=dataclasses.replace(gw, client_id=cn))
 
 
-def disconnect_logger(client_id: str) -> Any:
-    """A paho ``on_disconnect`` callback that says why the broker dropped ``client_id``:
-    ERROR for "Session taken over" (another connection with the same client id, i.e. the
-    same certificate: a push tool or a second worker run with the gateway's certificate),
-    WARNING for any other unexpected loss (paho reconnects by itself)."""
+def watch_session(client: mqtt.Client, client_id: str) -> None:
+    """Make ``client`` (the ingest's) say when the broker took its session away, and why.
+
+    Call after ``client.on_connect`` is set (it is wrapped). Logs an ERROR when the broker
+    disconnects it with "Session taken over" (MQTT 5 reason code 0x8E: another connection with
+    the same client id, i.e. the same certificate), and when a reconnect finds the broker no
+    longer holds the session this process had (CONNACK session-present false): someone
+    connected with the same identity and a clean session, so what the broker queued for the
+    gateway meanwhile is gone. Mosquitto 2.0.11 sends no 0x8E (measured: it closes the
+    socket), so on it the second ERROR is the one that names the cause. Any other unexpected
+    loss is a WARNING (paho reconnects by itself).
+    """
+    had_session = threading.Event()
+    inner_connect = client.on_connect
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                   properties: Any = None) -> None:
+        if not reason.is_failure:
+            if had_session.is_set() and not getattr(flags, "session_present", True):
+                log.error("the broker no longer had the session of %s when it reconnected: "
+                          "another client connected with this client id, i.e. this "
+                          "certificate, and a clean session (roster-push or config-push with "
+                          "the gateway's certificate, a second ingest worker with it). What "
+                          "the broker queued for the gateway meanwhile is lost; check the "
+                          "gates' outbox positions. Only this process may use the "
+                          "certificate: technicians have their own (`gerbang-provision "
+                          "technician-cert`), each ingest worker too (`gateway-cert --workers "
+                          "N`)", client_id)
+            had_session.set()
+        if inner_connect is not None:
+            inner_connect(client, userdata, flags, reason, properties)
 
     def on_disconnect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                       properties: Any = None) -> None:
@@ -152,13 +179,14 @@ def disconnect_logger(client_id: str) -> Any:
                       "connected with the same client id, i.e. the same certificate. Only this "
                       "process may use it: push tools need a technician certificate "
                       "(`gerbang-provision technician-cert`), each ingest worker its own "
-                      "(`gateway-cert --workers N`). Check-ins queued for this session may be "
-                      "lost", client_id)
+                      "(`gateway-cert --workers N`)", client_id)
         elif value not in (0, None):
-            log.warning("connection to the broker lost as %s (%s); reconnecting", client_id,
-                        reason)
+            log.warning("connection to the broker lost as %s (%s); reconnecting. If this "
+                        "repeats every few seconds, another process connects with the same "
+                        "certificate and the broker hands it this session", client_id, reason)
 
-    return on_disconnect
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
 
 
 def log_refused_subscriptions(client: mqtt.Client, reasons: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
-from gateway.identity import disconnect_logger, log_refused_subscriptions
+from gateway.identity import log_refused_subscriptions, watch_session
 from gateway.store import Store
 from gerbang import wire
 from gerbang.config import BrokerConfig
@@ -118,7 +118,7 @@ class Ingest:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_unsubscribe = self._on_unsubscribe
-        self.client.on_disconnect = disconnect_logger(client_id)  # says "Session taken over"
+        watch_session(self.client, client_id)  # ERROR when the broker took our session away
         put = self._queue.put
         self.client.on_message = lambda client, userdata, msg: put(msg)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
