@@ -472,7 +472,8 @@ def test_ca_key_with_a_passphrase(tmp_path, monkeypatch, capsys):
 def test_every_command_has_a_manual_page(capsys):
     for argv in (["--help"], ["ca", "create", "--help"], ["ca", "status", "--help"],
                  ["device", "add", "--help"], ["device", "csr-command", "--help"],
-                 ["gateway-cert", "--help"], ["revoke", "--help"], ["broker-config", "--help"],
+                 ["gateway-cert", "--help"], ["technician-cert", "--help"], ["revoke", "--help"],
+                 ["broker-config", "--help"],
                  ["bundle", "--help"], ["install", "--help"]):
         with pytest.raises(SystemExit) as exited:
             provision(argv)
