@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -286,3 +287,21 @@ def test_the_local_broker_config_has_the_same_limit(tmp_path):
         broker.stop()
     assert sizes == [COMMAND_LIMIT] and dropped
     assert "oversize packet" in broker.log_path.read_text()
+
+
+def test_a_share_group_the_broker_does_not_know_is_an_error_at_the_gateway(probes, tmp_path,
+                                                                           caplog):
+    """A gateway configured with a share group that `broker-config --share-group` never named
+    gets every subscription refused, so it would receive nothing: it says so, at ERROR."""
+    ingest = Ingest(open_store(tmp_path / "gw.sqlite"), probes.gateway_broker(),
+                    client_id="gateway", centre=CENTRE, share_group="not-in-the-rules")
+    ingest.start()
+    try:
+        assert ingest.connected.wait(15)
+        wait_until(lambda: "the broker refused" in caplog.text, TIMEOUT, "the ERROR")
+    finally:
+        ingest.stop()
+    (record,) = [r for r in caplog.records if "the broker refused" in r.getMessage()]
+    assert record.levelname == "ERROR" and "--share-group" in record.getMessage()
+    # Every one of them (4 leaves today, 5 once the ingest takes cmd_ack too).
+    assert re.search(r"refused (\d+) of \1 subscriptions of gateway", record.getMessage())
