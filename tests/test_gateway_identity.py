@@ -216,6 +216,7 @@ def ingest_while_pushing(centre: Centre, db: Path, cert: tuple[Path, Path], caps
                            takeovers=centre.takeovers(mark))
 
 
+@pytest.mark.slow
 def test_a_push_with_the_gateways_certificate_is_refused_and_nothing_is_lost(clients,
                                                                              tmp_path, capsys):
     """The documented way before issue 14 (roster-push / config-push with gateway.pem): each
@@ -233,6 +234,7 @@ def test_a_push_with_the_gateways_certificate_is_refused_and_nothing_is_lost(cli
     assert run.commands == []  # refused before connecting: nothing was sent
 
 
+@pytest.mark.slow
 def test_pushes_with_a_technicians_certificate_lose_nothing(clients, tmp_path, capsys, caplog):
     out = run_cli("technician-cert", "alice", "--centre-dir", clients.dir)
     assert "tech-alice" in out and "restart the broker" in out and "--cert-file" in out
@@ -279,6 +281,7 @@ def test_the_gateway_says_so_when_its_session_is_taken_over(clients, tmp_path, c
     assert "connection to the broker lost as gateway" in caplog.text  # the WARNING before
 
 
+@pytest.mark.slow
 def test_two_ingest_workers_over_tls_have_their_own_identities(clients, tmp_path):
     """`gerbang-gateway run --ingest-workers 2` over mutual TLS: the parent connects as
     `gateway`, its child with gateway-2.pem as `gateway-2`; no take-over in ~10 s of events,
@@ -353,6 +356,7 @@ def _ensure_worker_cert(centre: Centre, n: int = 2) -> None:
     centre.regenerate_broker()
 
 
+@pytest.mark.slow
 def test_retiring_worker_2_leaves_the_main_gateways_session_intact(clients, tmp_path):
     """`run --retire --client-id gateway-2` with the gateway's config (cert_file gateway.pem):
     it connects with gateway-2.pem, stores what worker 2's session held, ends that session, and

@@ -452,6 +452,8 @@ def test_device_add_twice_and_broker_config_for_another_host(small_centre, tmp_p
     assert "cafile /etc/mosquitto/gerbang/certs/ca.pem" in conf
     assert "keyfile /etc/mosquitto/gerbang/certs/broker.key" in conf
     assert "persistence_location /var/lib/mosquitto/" in conf and str(tmp_path) not in conf
+    assert "plugin_opt_config_file /etc/mosquitto/gerbang/dynamic-security.json" in conf
+    assert "mosquitto_dynamic_security.so" in (tmp_path / "b" / "INSTALL.txt").read_text()
     assert "ExecStart=/usr/sbin/mosquitto -c /etc/mosquitto/gerbang/mosquitto.conf" in \
         (tmp_path / "b" / "mosquitto-override.conf").read_text()
     assert ((tmp_path / "b" / "certs" / "broker.key").stat().st_mode & 0o777) == 0o600
