@@ -408,8 +408,8 @@ def _print_broker_sync(centre: Centre, ca: CentreCA, who: str) -> None:
 
     synced = sync_broker(load_centre(centre.directory), ca)  # idempotent: reports the state
     if synced.rules is None:
-        print(f"  the broker does not know {who} yet: {synced.problem}; then restart the broker "
-              "(sudo systemctl restart mosquitto)")
+        print(f"  the broker's rules are not updated for {who}: {synced.problem}; then restart "
+              "the broker (sudo systemctl restart mosquitto)")
         return
     print(f"  broker rules updated: {synced.rules} (and certs/crl.pem)")
     print(f"  copy them to the broker host if it is another machine (INSTALL.txt), then restart "
