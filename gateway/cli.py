@@ -43,6 +43,7 @@ def _load_run_config(args: argparse.Namespace, web: bool = False) -> GatewayConf
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.identity import resolve_mqtt_identity
     from gateway.ingest import DEFAULT_SHARE_GROUP, Ingest
     from gateway.store import open_store
 
@@ -50,6 +51,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     gw = config.gateway
     # A child started by another `run` is one ingest worker, nothing else.
     workers = 1 if args.worker_of or args.retire else gw.ingest_workers
+    # Over mutual TLS: client id = certificate CN, each worker its own (gateway/identity.py).
+    config = resolve_mqtt_identity(config, workers=workers,
+                                   worker=bool(args.worker_of or args.retire))
+    gw = config.gateway
     share_group = gw.share_group or (DEFAULT_SHARE_GROUP if workers > 1 else None)
     store = open_store(gw.db)
     if args.retire:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
+from gateway.identity import log_refused_subscriptions, watch_session
 from gateway.store import Store
 from gerbang import wire
 from gerbang.config import BrokerConfig
@@ -117,6 +118,7 @@ class Ingest:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_unsubscribe = self._on_unsubscribe
+        watch_session(self.client, client_id)  # ERROR when the broker took our session away
         put = self._queue.put
         self.client.on_message = lambda client, userdata, msg: put(msg)
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
@@ -149,6 +151,7 @@ class Ingest:
                       properties: Any = None) -> None:
         # Ready only once the broker has confirmed the subscription: anything published
         # before that would not be routed to us.
+        log_refused_subscriptions(client, reasons)
         log.info("gateway subscribed at %s:%s", self.broker.host, self.broker.port)
         self.connected.set()
 

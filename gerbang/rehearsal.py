@@ -1322,9 +1322,10 @@ def provision_centre(run_dir: Path, gates: list[str], port: int) -> CentreTLS:
       technician's side; ``centre/devices/<gate>/``: the certificates it signed;
     - ``broker/certs/``: the broker host's server certificate for :data:`BROKER_NAME` and
       127.0.0.1 with its key, and copies of ``ca.pem`` and ``crl.pem`` (never ``ca.key``);
-      ``broker/mosquitto.conf`` and ``broker/acl`` from ``write_mosquitto_tls_config`` (one TLS
-      listener on ``port``, ``require_certificate``, the CRL, identity = certificate CN, an ACL
-      per device), persistence in ``broker/data/``;
+      ``broker/mosquitto.conf`` and ``broker/dynamic-security.json`` from
+      ``write_mosquitto_tls_config`` (one TLS listener on ``port``, ``require_certificate``, the
+      CRL, identity = certificate CN, a role per device, subscriptions checked), persistence in
+      ``broker/data/``;
     - ``gateway/tls/``: the gateway's certificate and key (CN ``gateway``) and ``ca.pem``;
     - ``gates/<gate>/tls/``: each gate's key, made there as on the Pi, and its CSR; the CA
       checks and signs the CSR (``pki.sign_device_csr``), and the certificate and ``ca.pem``
@@ -1361,6 +1362,7 @@ def provision_centre(run_dir: Path, gates: list[str], port: int) -> CentreTLS:
     # in this private folder: stay the user who runs the rehearsal (as MosquittoBroker does).
     config = write_mosquitto_tls_config(broker_dir, CENTRE, certs, server.cert_path,
                                         server.key_path, port, bind_address="127.0.0.1",
+                                        identities=pki.broker_identities(ca),
                                         run_as_user=getpass.getuser())
     pem = ca.cert_path.read_text()
     digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
@@ -2157,7 +2159,8 @@ def transport_rows(t: dict[str, Any]) -> list[str]:
     return [
         f"| Broker | Mosquitto with the centre's generated config (`{t['broker_config']}`, "
         f"from `provisioning/broker_config.py`): one TLS listener on {t['listener']} "
-        f"(TLS ≥ 1.2, {checks}), client identity = certificate CN, an ACL per device; "
+        f"(TLS ≥ 1.2, {checks}), client identity = certificate CN, a role per device "
+        "(dynamic-security plugin: publishes and subscriptions checked); "
         "the broker-restart fault starts it again from the same config |",
         f"| Transport | **mutual TLS** ({t['negotiated'] or 'TLS'}): centre CA `{t['ca_subject']}`"
         f", SHA-256 fingerprint `{t['ca_sha256']}`; **{t['client_certificates']} client "
@@ -2443,7 +2446,8 @@ def write_report(result: dict[str, Any], workdir: Path) -> Path:
     add("- `summary.json`: every figure in this report; `rehearsal.log`: the run's log")
     add("- `run/logs/`: each gate's, the gateway's log; `run/broker/mosquitto.log`")
     if setup["transport"]["mode"] != "plain":
-        add("- `run/broker/`: the generated `mosquitto.conf` and `acl` the broker ran, `certs/`; "
+        add("- `run/broker/`: the generated `mosquitto.conf` and `dynamic-security.json` (the "
+            "broker's rules) it ran, `certs/`; "
             "`run/centre/`: the centre CA's certificate, CRL and every certificate it issued; "
             "`run/gateway/tls/`, `run/gates/<gate>/tls/`: each client's certificate and CSR "
             "(the private keys were deleted at the end of the run)")

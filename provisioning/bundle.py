@@ -6,6 +6,8 @@ The technician keeps one folder per centre on their laptop (``gerbang-provision 
     ca/                  the centre CA (provisioning.pki): ca.key never leaves this laptop
     broker/              broker.pem + broker.key: the broker's server certificate
     gateway/             gateway.pem + gateway.key + ca.pem: the gateway's client certificate
+                         (gateway-2.pem/.key … for more ingest workers: one identity each)
+    technicians/         tech-<name>.pem + .key: a technician's laptop (roster-push, config-push)
     roster-keys/         roster signing and transport keys (provisioning.signing)
     devices/<device>/    one folder per gate: its certificate, its key (unless the key was
                          made on the gate itself), its roster keys, and the bundle files
@@ -49,10 +51,17 @@ from cryptography.hazmat.primitives import serialization
 
 from device.config import GpioConfig, SwitchConfig, parse_device_config
 from gerbang.config import ConfigError, load_section
-from gerbang.files import write_atomic
 from gerbang.wire import ID_PATTERN
 from provisioning import pki
-from provisioning.broker_config import DEFAULT_TLS_PORT, write_mosquitto_tls_config
+from provisioning.broker_config import (
+    DEFAULT_TLS_PORT,
+    DYNSEC_FILE,
+    default_plugin_path,
+    find_dynsec_plugin,
+    write_dynsec_file,
+    write_mosquitto_tls_config,
+)
+from provisioning.files import PRIVATE_DIR_MODE, make_dirs, write_file
 
 CENTRE_FILE = "centre.json"
 DEVICE_FILE = "device.json"
@@ -85,13 +94,12 @@ def _now_iso() -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
-    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode(), mode=mode)
+    write_file(path, json.dumps(data, indent=1) + "\n", mode)
 
 
 def _copy(src: Path, dst: Path, mode: int) -> Path:
     """Copy ``src`` to ``dst`` atomically with ``mode`` (a key is never briefly world-readable)."""
-    write_atomic(dst, Path(src).read_bytes(), mode=mode)
-    return dst
+    return write_file(dst, Path(src).read_bytes(), mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,8 +117,12 @@ class Centre:
     broker_hosts: tuple[str, ...]
     broker_port: int
     roster_keys_dir: Path
-    #: Where ``broker-config`` last wrote the broker's files (its crl.pem is refreshed on revoke).
+    #: Where ``broker-config`` last wrote the broker's files: its crl.pem and
+    #: dynamic-security.json are rewritten after every change of who may connect.
     broker_config_dir: Path | None = None
+    #: The gateway's share groups the broker admits besides the default ``gerbang-ingest``
+    #: (``broker-config --share-group``), kept so a regenerated config keeps them.
+    broker_share_groups: tuple[str, ...] = ()
 
     @property
     def ca_dir(self) -> Path:
@@ -124,8 +136,13 @@ class Centre:
 
     @property
     def gateway_dir(self) -> Path:
-        """Where the gateway's client certificate and key are written."""
+        """Where the gateway's client certificates and keys are written."""
         return self.directory / "gateway"
+
+    @property
+    def technicians_dir(self) -> Path:
+        """Where technicians' client certificates and keys are written."""
+        return self.directory / "technicians"
 
     def device_dir(self, device_id: str) -> Path:
         """One gate's folder, which is also its bundle."""
@@ -145,6 +162,7 @@ class Centre:
             "roster_keys": os.path.relpath(self.roster_keys_dir, self.directory)
             if self.roster_keys_dir.is_relative_to(self.directory) else str(self.roster_keys_dir),
             "broker_config_dir": str(self.broker_config_dir) if self.broker_config_dir else None,
+            "broker_share_groups": list(self.broker_share_groups),
         })
 
 
@@ -160,7 +178,8 @@ def load_centre(directory: Path) -> Centre:
             broker_hosts=tuple(data["broker_hosts"]), broker_port=int(data["broker_port"]),
             roster_keys_dir=roster_keys if roster_keys.is_absolute() else directory / roster_keys,
             broker_config_dir=Path(data["broker_config_dir"])
-            if data.get("broker_config_dir") else None)
+            if data.get("broker_config_dir") else None,
+            broker_share_groups=tuple(data.get("broker_share_groups") or ()))
     except FileNotFoundError:
         raise ProvisionError(f"{directory} is not a centre folder (no {CENTRE_FILE}); make one "
                              "with `gerbang-provision ca create`, or pass --centre-dir") from None
@@ -197,7 +216,7 @@ def create_centre(directory: Path, centre_id: str, broker_hosts: Sequence[str],
         if keys.centre != centre_id:
             raise ProvisionError(f"roster keys in {roster_keys_dir} are centre {keys.centre}'s, "
                                  f"not {centre_id}'s")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(directory, PRIVATE_DIR_MODE)
     ca = pki.create_centre_ca(centre_id, directory / "ca", passphrase=passphrase)
     centre = Centre(directory, centre_id, tuple(broker_hosts), broker_port,
                     Path(roster_keys_dir).resolve() if roster_keys_dir
@@ -294,8 +313,9 @@ def add_device(centre: Centre, ca: pki.CentreCA, device_id: str, room: str, *,
     if (folder / DEVICE_FILE).exists() and not replace:
         raise ProvisionError(f"device {device_id} was already added ({folder}); pass --replace "
                              "to revoke its certificate and issue a new one")
-    if device_id == pki.GATEWAY_IDENTITY:
-        raise ProvisionError(f"{device_id!r} is reserved for the gateway")
+    if pki.is_reserved_identity(device_id):
+        raise ProvisionError(f"device id {device_id!r} is reserved: gateway, gateway-* and tech-* "
+                             "are the gateway's and the technicians' identities")
     key = None
     if csr is None:
         key, request = pki.make_device_key_and_csr(device_id, centre.centre_id)
@@ -309,18 +329,18 @@ def add_device(centre: Centre, ca: pki.CentreCA, device_id: str, room: str, *,
             raise ProvisionError(f"--csr: cannot read {csr}: {exc.strerror}") from None
     issued = pki.sign_device_csr(ca, csr_pem, expected_device_id=device_id,
                                  valid_days=valid_days, replace=replace)
-    tls = folder / "tls"
-    tls.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tls = make_dirs(folder / "tls", PRIVATE_DIR_MODE)
     key_path = tls / f"{device_id}.key"
     key_path.unlink(missing_ok=True)  # a replaced key belongs to a revoked certificate
     if key is not None:
         pki.write_private_key(key_path, key)
-    write_atomic(tls / f"{device_id}.csr", csr_pem)
-    write_atomic(tls / f"{device_id}.pem", issued.cert.public_bytes(serialization.Encoding.PEM))
+    write_file(tls / f"{device_id}.csr", csr_pem)
+    write_file(tls / f"{device_id}.pem", issued.cert.public_bytes(serialization.Encoding.PEM))
     _write_json(folder / DEVICE_FILE, {
         "device_id": device_id, "centre": centre.centre_id, "room": room,
         "key_on_device": key is None, "serial": f"{issued.serial:x}", "added": _now_iso(),
         "valid_until": issued.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    sync_broker(centre, ca)  # the broker's rules name every gate (read at its next restart)
     return load_device(centre, device_id)
 
 
@@ -365,7 +385,7 @@ def revoke_device(centre: Centre, ca: pki.CentreCA, device_id: str,
                                 f" (centre {centre.centre_id}'s CA never issued one)"))
     for cert in current:
         pki.revoke(ca, cert, reason=reason)
-    sync_crl(centre, ca)
+    sync_broker(centre, ca)
     return [c.serial_number for c in current]
 
 
@@ -376,44 +396,129 @@ def sync_crl(centre: Centre, ca: pki.CentreCA) -> Path | None:
     return _copy(ca.crl_path, centre.broker_config_dir / "certs" / pki.CRL_FILE, 0o644)
 
 
-# ---------------------------------------------------------------------------------------------
-# gateway and broker
+@dataclass(frozen=True)
+class BrokerSync:
+    """What ``sync_broker`` rewrote in the broker folder ``broker-config`` made (None: nothing,
+    because there is no such folder yet, or it predates the access rules file)."""
+
+    directory: Path | None
+    rules: Path | None
+    crl: Path | None
+    #: Why the rules could not be rewritten, for the technician (empty when they were).
+    problem: str = ""
 
 
-def issue_gateway_cert(centre: Centre, ca: pki.CentreCA, *, replace: bool = False
-                       ) -> pki.IssuedCert:
-    """The gateway's client certificate and key in ``gateway/``, with a copy of ``ca.pem``.
+def sync_broker(centre: Centre, ca: pki.CentreCA) -> BrokerSync:
+    """Bring the broker folder up to date with the CA: ``crl.pem`` and the access rules
+    (``dynamic-security.json``: every unrevoked identity, the recorded share groups).
 
-    With ``replace`` the current one is revoked (superseded) and its key deleted first.
+    Run after anything that changes who may connect (``device add``, ``revoke``,
+    ``gateway-cert``, ``technician-cert``). The broker reads both files at start only: the
+    technician copies them to the broker host (when it is another machine) and restarts it.
+    A folder written before the access rules existed (an ``acl_file`` config) is left alone
+    and ``problem`` says to run ``broker-config`` again.
     """
-    out = centre.gateway_dir
-    name = pki.GATEWAY_IDENTITY
-    if (out / f"{name}.key").exists() and not replace:
-        raise ProvisionError(f"{out / (name + '.key')} already exists: the gateway has a "
-                             "certificate; pass --replace to revoke it and make a new one")
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    staging = out / ".new"  # the old key and certificate stay until the new ones exist
+    directory = centre.broker_config_dir
+    if directory is None or not (directory / "mosquitto.conf").exists():
+        return BrokerSync(None, None, None,
+                          "no broker folder yet: run `gerbang-provision broker-config --out DIR`")
+    crl = sync_crl(centre, ca)
+    conf = (directory / "mosquitto.conf").read_text()
+    if "plugin_opt_config_file" not in conf:
+        return BrokerSync(directory, None, crl,
+                          f"{directory / 'mosquitto.conf'} was written by an older "
+                          "gerbang-provision (acl_file, which cannot refuse subscriptions): run "
+                          "`gerbang-provision broker-config` again and install the new folder")
+    rules = write_dynsec_file(directory / DYNSEC_FILE, centre.centre_id,
+                              pki.broker_identities(ca), centre.broker_share_groups)
+    return BrokerSync(directory, rules, crl)
+
+
+def _issue_into(ca: pki.CentreCA, name: str, out: Path, replace: bool) -> pki.IssuedCert:
+    """``name``.pem/.key in ``out`` (a private folder); the old pair stays until the new one
+    exists (staging folder), and with ``replace`` the old certificate is revoked."""
+    make_dirs(out, PRIVATE_DIR_MODE)
+    staging = out / ".new"
     shutil.rmtree(staging, ignore_errors=True)
     issued = pki.issue_client_cert(ca, name, staging, replace=replace)
     for suffix in (".pem", ".key"):
         os.replace(staging / f"{name}{suffix}", out / f"{name}{suffix}")
     staging.rmdir()
-    _copy(ca.cert_path, out / pki.CA_CERT, 0o644)
-    sync_crl(centre, ca)
     return pki.IssuedCert(issued.cert, out / f"{name}.pem", out / f"{name}.key")
 
 
-def gateway_broker_toml(centre: Centre, etc_dir: str = DEFAULT_ETC_DIR) -> str:
-    """The ``[broker]`` table for gateway.toml, with the files where ``etc_dir`` says."""
-    tls = f"{etc_dir.rstrip('/')}/tls"
+def issue_gateway_cert(centre: Centre, ca: pki.CentreCA, *, replace: bool = False,
+                       workers: int = 1) -> list[pki.IssuedCert]:
+    """The gateway's client certificates and keys in ``gateway/``, with a copy of ``ca.pem``:
+    ``gateway.pem``/``.key`` for its first ingest process and, for ``workers`` > 1,
+    ``gateway-2.pem``/``.key`` … ``gateway-N``: each process connects with its own identity
+    (the broker takes the client id from the certificate). Returns the certificates made.
+
+    Identities that already have a key here are kept unless ``replace`` (then each is
+    revoked, superseded, and made again); nothing new to make is refused. The broker folder's
+    rules are rewritten to name the new identities (restart the broker).
+    """
+    if not 1 <= workers <= pki.MAX_GATEWAY_WORKERS:
+        raise ProvisionError(f"--workers must be 1..{pki.MAX_GATEWAY_WORKERS}, got {workers}")
+    out = centre.gateway_dir
+    names = [pki.gateway_worker_identity(n) for n in range(1, workers + 1)]
+    todo = [n for n in names if replace or not (out / f"{n}.key").exists()]
+    if not todo:
+        have = ", ".join(f"{n}.pem" for n in names)
+        raise ProvisionError(f"{out} already holds {have}: the gateway has its "
+                             f"certificate{'s' if workers > 1 else ''}; pass --replace to revoke "
+                             "and make new ones, or --workers N for more ingest workers")
+    made = [_issue_into(ca, name, out, replace) for name in todo]
+    _copy(ca.cert_path, out / pki.CA_CERT, 0o644)
+    sync_broker(centre, ca)
+    return made
+
+
+def issue_technician_cert(centre: Centre, ca: pki.CentreCA, name: str, *,
+                          replace: bool = False) -> pki.IssuedCert:
+    """A technician's client certificate and key (CN ``tech-<name>``, key made here, 0600) in
+    ``technicians/``, with a copy of ``ca.pem``, for ``roster-push``, ``config-push`` and model
+    pushes: its own identity, so a push never takes over the gateway's session. The broker
+    folder's rules are rewritten to name it (restart the broker)."""
+    cn = pki.technician_identity(name)
+    out = centre.technicians_dir
+    if (out / f"{cn}.key").exists() and not replace:
+        raise ProvisionError(f"{out / (cn + '.key')} already exists: technician {name} has a "
+                             "certificate; pass --replace to revoke it and make a new one")
+    issued = _issue_into(ca, cn, out, replace)
+    _copy(ca.cert_path, out / pki.CA_CERT, 0o644)
+    sync_broker(centre, ca)
+    return issued
+
+
+def technician_broker_toml(centre: Centre, issued: pki.IssuedCert) -> str:
+    """The ``[broker]`` table a technician's push tools use, with this laptop's paths."""
+    assert issued.cert_path is not None and issued.key_path is not None
+    tls = issued.cert_path.resolve().parent
     return "\n".join([
+        f"# {issued.common_name}: the technician's identity for roster-push / config-push",
         "[broker]",
         f"host = {_toml(centre.broker_hosts[0])}",
         f"port = {centre.broker_port}",
-        f"ca_file = {_toml(f'{tls}/{pki.CA_CERT}')}",
-        f"cert_file = {_toml(f'{tls}/{pki.GATEWAY_IDENTITY}.pem')}",
-        f"key_file = {_toml(f'{tls}/{pki.GATEWAY_IDENTITY}.key')}",
+        f"ca_file = {_toml(str(tls / pki.CA_CERT))}",
+        f"cert_file = {_toml(str(issued.cert_path.resolve()))}",
+        f"key_file = {_toml(str(issued.key_path.resolve()))}",
         ""])
+
+
+def gateway_broker_toml(centre: Centre, etc_dir: str = DEFAULT_ETC_DIR, workers: int = 1) -> str:
+    """The ``[broker]`` table for gateway.toml, with the files where ``etc_dir`` says."""
+    tls = f"{etc_dir.rstrip('/')}/tls"
+    lines = ["[broker]",
+             f"host = {_toml(centre.broker_hosts[0])}",
+             f"port = {centre.broker_port}",
+             f"ca_file = {_toml(f'{tls}/{pki.CA_CERT}')}",
+             f"cert_file = {_toml(f'{tls}/{pki.GATEWAY_IDENTITY}.pem')}",
+             f"key_file = {_toml(f'{tls}/{pki.GATEWAY_IDENTITY}.key')}"]
+    if workers > 1:
+        lines.insert(0, f"# ingest_workers = {workers}: worker n uses gateway-n.pem/.key next to "
+                        "cert_file")
+    return "\n".join([*lines, ""])
 
 
 @dataclass(frozen=True)
@@ -422,32 +527,43 @@ class BrokerFiles:
 
     directory: Path
     config_path: Path
-    acl_path: Path
+    dynsec_path: Path
     certs_dir: Path
     #: Where the files are meant to live on the broker host (None: they are used in place).
     install_dir: Path | None
+    plugin_path: Path
 
 
-_CONF_PATH_KEYS = ("acl_file", "persistence_location", "cafile", "crlfile", "certfile",
-                   "keyfile")
+_CONF_PATH_KEYS = ("plugin_opt_config_file", "persistence_location", "cafile", "crlfile",
+                   "certfile", "keyfile")
 
 
 def write_broker_config(centre: Centre, ca: pki.CentreCA, out_dir: Path, *,
                         install_dir: Path | None = None, bind_address: str | None = None,
                         run_as_user: str | None = None,
-                        persistence_dir: Path | None = None) -> tuple[Centre, BrokerFiles]:
-    """The broker's folder: ``mosquitto.conf``, ``acl``, ``certs/`` (ca.pem, crl.pem, broker.pem,
-    broker.key) and, for a broker host, ``INSTALL.txt`` and a systemd drop-in.
+                        persistence_dir: Path | None = None,
+                        share_groups: Sequence[str] | None = None,
+                        plugin_path: Path | None = None) -> tuple[Centre, BrokerFiles]:
+    """The broker's folder: ``mosquitto.conf``, ``dynamic-security.json`` (who may do what),
+    ``certs/`` (ca.pem, crl.pem, broker.pem, broker.key) and, for a broker host,
+    ``INSTALL.txt`` and a systemd drop-in.
 
     Without ``install_dir`` the config points at the files where they are written (a broker on
-    this machine, or the tests). With it, the paths in ``mosquitto.conf`` are where the folder
-    will be copied on the broker host (e.g. ``/etc/mosquitto/gerbang``), and persistence goes to
-    ``persistence_dir`` (default ``/var/lib/mosquitto``, owned by the mosquitto user). The
-    folder is recorded in ``centre.json`` so that ``revoke`` refreshes its ``crl.pem``.
+    this machine, or the tests), and the dynamic-security plugin must be installed here. With
+    it, the paths in ``mosquitto.conf`` are where the folder will be copied on the broker host
+    (e.g. ``/etc/mosquitto/gerbang``), persistence goes to ``persistence_dir`` (default
+    ``/var/lib/mosquitto``, owned by the mosquitto user), and the plugin path is ``plugin_path``
+    or this machine's (INSTALL.txt checks it exists there). ``share_groups``: the gateway's
+    share groups besides the default one (None: those recorded before). The folder and groups
+    are recorded in ``centre.json`` so that later changes rewrite its rules and ``crl.pem``.
     """
+    groups = tuple(centre.broker_share_groups if share_groups is None else share_groups)
+    if install_dir is None:
+        plugin = find_dynsec_plugin(plugin_path)
+    else:
+        plugin = Path(plugin_path) if plugin_path else default_plugin_path()
     out = Path(out_dir)
-    certs = out / "certs"
-    certs.mkdir(mode=0o755, parents=True, exist_ok=True)
+    certs = make_dirs(out / "certs")
     server_cert = centre.broker_cert_dir / "broker.pem"
     server_key = centre.broker_cert_dir / "broker.key"
     if not server_cert.exists():
@@ -459,9 +575,11 @@ def write_broker_config(centre: Centre, ca: pki.CentreCA, out_dir: Path, *,
     _copy(server_key, certs / "broker.key", 0o600)
     written = write_mosquitto_tls_config(
         out, centre.centre_id, certs, certs / "broker.pem", certs / "broker.key",
-        centre.broker_port, bind_address=bind_address,
+        centre.broker_port, identities=pki.broker_identities(ca), share_groups=groups,
+        plugin_path=plugin, bind_address=bind_address,
         persistence_dir=None if install_dir else (persistence_dir or out / "data"),
         run_as_user=run_as_user)
+    (out / "acl").unlink(missing_ok=True)  # an older config's acl_file: no longer used
     if install_dir is not None:
         target = Path(install_dir)
         persistence = Path(persistence_dir or "/var/lib/mosquitto")
@@ -476,38 +594,48 @@ def write_broker_config(centre: Centre, ca: pki.CentreCA, out_dir: Path, *,
                     value = str(target) + value[len(here):]
                 line = f"{key} {value}"
             lines.append(line)
-        written.config_path.write_text("\n".join(lines) + "\n")
+        write_file(written.config_path, "\n".join(lines) + "\n", 0o644)
         data = out / "data"
         if data.is_dir() and not any(data.iterdir()):
             data.rmdir()
-        _write_broker_install_notes(out, target, persistence, run_as_user or "mosquitto")
-    updated = dataclasses.replace(centre, broker_config_dir=out.resolve())
+        _write_broker_install_notes(out, target, persistence, run_as_user or "mosquitto",
+                                    plugin)
+    updated = dataclasses.replace(centre, broker_config_dir=out.resolve(),
+                                  broker_share_groups=groups)
     updated.save()
-    return updated, BrokerFiles(out, written.config_path, written.acl_path, certs,
-                                Path(install_dir) if install_dir else None)
+    return updated, BrokerFiles(out, written.config_path, written.dynsec_path, certs,
+                                Path(install_dir) if install_dir else None, plugin)
 
 
-def _write_broker_install_notes(out: Path, target: Path, persistence: Path, user: str) -> None:
+def _write_broker_install_notes(out: Path, target: Path, persistence: Path, user: str,
+                                plugin: Path) -> None:
     conf = target / "mosquitto.conf"
-    (out / "mosquitto-override.conf").write_text(
-        "# systemd drop-in: run Debian's mosquitto.service with the Gerbang TLS config.\n"
-        "# Install as /etc/systemd/system/mosquitto.service.d/gerbang-tls.conf\n"
-        "[Service]\nExecStart=\n"
-        f"ExecStart=/usr/sbin/mosquitto -c {conf}\n")
-    (out / "INSTALL.txt").write_text(
-        f"Broker host: install this folder as {target} (run from inside it).\n\n"
-        f"  sudo install -d -m 0755 {target} {target}/certs\n"
-        f"  sudo install -m 0644 mosquitto.conf acl {target}/\n"
-        f"  sudo install -m 0644 certs/ca.pem certs/crl.pem certs/broker.pem {target}/certs/\n"
-        f"  sudo install -m 0600 -o {user} certs/broker.key {target}/certs/\n"
-        f"  sudo install -d -m 0700 -o {user} {persistence}\n"
-        "  sudo install -D -m 0644 mosquitto-override.conf "
-        "/etc/systemd/system/mosquitto.service.d/gerbang-tls.conf\n"
-        "  sudo systemctl daemon-reload && sudo systemctl restart mosquitto\n"
-        "  journalctl -u mosquitto -n 20    # expect: Opening ipv4 listen socket on port ...\n\n"
-        f"After `gerbang-provision revoke`: copy certs/crl.pem to {target}/certs/ again and\n"
-        "`sudo systemctl restart mosquitto` (the broker reads the CRL at start; connections\n"
-        "already open stay open until the restart).\n")
+    write_file(out / "mosquitto-override.conf",
+               "# systemd drop-in: run Debian's mosquitto.service with the Gerbang TLS config.\n"
+               "# Install as /etc/systemd/system/mosquitto.service.d/gerbang-tls.conf\n"
+               "[Service]\nExecStart=\n"
+               f"ExecStart=/usr/sbin/mosquitto -c {conf}\n")
+    write_file(out / "INSTALL.txt",
+               f"Broker host: install this folder as {target} (run from inside it).\n\n"
+               f"  test -f {plugin} || echo 'MISSING {plugin}: install mosquitto >= 2.0, or run "
+               "broker-config again with --dynsec-plugin <its path on this host>'\n"
+               f"  sudo install -d -m 0755 {target} {target}/certs\n"
+               f"  sudo install -m 0644 mosquitto.conf {DYNSEC_FILE} {target}/\n"
+               f"  sudo rm -f {target}/acl\n"
+               f"  sudo install -m 0644 certs/ca.pem certs/crl.pem certs/broker.pem "
+               f"{target}/certs/\n"
+               f"  sudo install -m 0600 -o {user} certs/broker.key {target}/certs/\n"
+               f"  sudo install -d -m 0700 -o {user} {persistence}\n"
+               "  sudo install -D -m 0644 mosquitto-override.conf "
+               "/etc/systemd/system/mosquitto.service.d/gerbang-tls.conf\n"
+               "  sudo systemctl daemon-reload && sudo systemctl restart mosquitto\n"
+               "  journalctl -u mosquitto -n 20    # expect: Opening ipv4 listen socket on port "
+               "...\n\n"
+               f"After `gerbang-provision device add`, `revoke`, `gateway-cert` or "
+               "`technician-cert`: copy\n"
+               f"{DYNSEC_FILE} to {target}/ and certs/crl.pem to {target}/certs/ again, then\n"
+               "`sudo systemctl restart mosquitto`: the broker reads who may connect and do what\n"
+               "at start only (connections already open stay open until the restart).\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -796,14 +924,14 @@ def write_bundle(centre: Centre, device_id: str, options: BundleOptions) -> Path
     _copy(centre.ca_dir / pki.CA_CERT, folder / "tls" / pki.CA_CERT, 0o644)
     text = device_toml(centre, record, options, gpio)
     _check_device_toml(text, folder, options.etc_dir, record)
-    write_atomic(folder / "device.toml", text.encode())
+    write_file(folder / "device.toml", text)
     incoming = folder / "incoming"
     if incoming.is_dir():
         shutil.rmtree(incoming)  # only this bundle's rosters, never one left from before
     for roster in options.rosters:
         _copy(roster, incoming / Path(roster).name, 0o600)
-    (folder / "WIRING.txt").write_text(wiring_sheet(device_id, record.room, gpio))
-    write_atomic(folder / "install.sh", install_script(record, options).encode(), mode=0o755)
+    write_file(folder / "WIRING.txt", wiring_sheet(device_id, record.room, gpio))
+    write_file(folder / "install.sh", install_script(record, options), 0o755)
     files = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(folder.rglob("*")) if p.is_file() and _goes_to_the_gate(p)
              and p.name != BUNDLE_FILE}
@@ -852,7 +980,7 @@ def write_bundle_archive(bundle_dir: Path, out: Path) -> Path:
                 continue
             tar.add(path, arcname=f"{info['device_id']}/{path.relative_to(bundle_dir)}",
                     recursive=False, filter=_tar_filter)
-    write_atomic(Path(out), buffer.getvalue(), mode=0o600)
+    write_file(Path(out), buffer.getvalue(), 0o600)
     return Path(out)
 
 

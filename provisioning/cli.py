@@ -22,6 +22,7 @@ from provisioning.bundle import ProvisionError
 from provisioning.pki import PKIError
 
 if TYPE_CHECKING:
+    from gerbang.config import BrokerConfig
     from provisioning.bundle import Centre
     from provisioning.pki import CentreCA
 
@@ -280,7 +281,8 @@ def _cmd_ca_create(args: argparse.Namespace) -> int:
     print("Back this folder up offline now: it is the only copy of the keys every gate of the "
           "centre trusts.")
     print("Next: `gerbang-provision device add DEVICE --room ROOM` for each gate, "
-          "`gerbang-provision gateway-cert`, `gerbang-provision broker-config --out DIR`.")
+          "`gerbang-provision gateway-cert`, `gerbang-provision technician-cert NAME`, "
+          "`gerbang-provision broker-config --out DIR`.")
     return 0
 
 
@@ -312,8 +314,9 @@ def _cmd_ca_status(args: argparse.Namespace) -> int:
         else:
             state = "valid"
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        kind = ("gateway" if cn == pki.GATEWAY_IDENTITY else
-                "broker" if ExtendedKeyUsageOID.SERVER_AUTH in usage else "gate")
+        kind = ("broker" if ExtendedKeyUsageOID.SERVER_AUTH in usage else
+                {"gateway": "gateway", "technician": "tech", "device": "gate"}.get(
+                    pki.identity_kind(cn), "other"))
         rows.append({"name": cn, "kind": kind, "room": rooms.get(cn), "serial": serial,
                      "valid_until": f"{end:%Y-%m-%d}", "days_left": (end - now).days,
                      "state": state})
@@ -392,10 +395,26 @@ def _cmd_device_add(args: argparse.Namespace) -> int:
     print("  key: " + ("made on the gate itself; it never left it" if record.key_on_device
                        else f"made here, {record.key_path} (goes to the gate in its bundle)"))
     if args.replace:
-        print("  the previous certificate is revoked: restart the broker (sudo systemctl "
-              "restart mosquitto) so it refuses the old one")
+        print("  the previous certificate is revoked")
+    _print_broker_sync(centre, ca, f"gate {record.device_id}")
     print(f"Next: gerbang-provision bundle {record.device_id} --session SESSION")
     return 0
+
+
+def _print_broker_sync(centre: Centre, ca: CentreCA, who: str) -> None:
+    """Tell the technician what the broker needs now that ``who`` changed: the broker folder's
+    rules (and CRL) were rewritten by the library call; the broker reads them at start only."""
+    from provisioning.bundle import load_centre, sync_broker
+
+    synced = sync_broker(load_centre(centre.directory), ca)  # idempotent: reports the state
+    if synced.rules is None:
+        print(f"  the broker's rules are not updated for {who}: {synced.problem}; then restart "
+              "the broker (sudo systemctl restart mosquitto)")
+        return
+    print(f"  broker rules updated: {synced.rules} (and certs/crl.pem)")
+    print(f"  copy them to the broker host if it is another machine (INSTALL.txt), then restart "
+          f"the broker (sudo systemctl restart mosquitto): it reads who may connect at start "
+          f"only, so until then {who} is refused or keeps its old rights")
 
 
 def _cmd_device_csr_command(args: argparse.Namespace) -> int:
@@ -408,18 +427,51 @@ def _cmd_device_csr_command(args: argparse.Namespace) -> int:
 
 def _cmd_gateway_cert(args: argparse.Namespace) -> int:
     from provisioning.bundle import gateway_broker_toml, issue_gateway_cert
+    from provisioning.files import write_file
 
     centre, ca = _load_centre_and_ca(args)
-    issued = issue_gateway_cert(centre, ca, replace=args.replace)
-    snippet = gateway_broker_toml(centre, args.etc_dir)
-    (centre.gateway_dir / "broker.toml").write_text(snippet)
-    print(f"Gateway certificate (CN gateway) valid until "
-          f"{issued.cert.not_valid_after_utc:%Y-%m-%d}, in {centre.gateway_dir}:")
-    print("  gateway.pem, gateway.key (0600), ca.pem")
-    print(f"On the gateway host copy them to {args.etc_dir.rstrip('/')}/tls/ (key owned by the "
+    made = issue_gateway_cert(centre, ca, replace=args.replace, workers=args.workers)
+    snippet = gateway_broker_toml(centre, args.etc_dir, args.workers)
+    write_file(centre.gateway_dir / "broker.toml", snippet)
+    for issued in made:
+        print(f"Gateway certificate (CN {issued.common_name}) valid until "
+              f"{issued.cert.not_valid_after_utc:%Y-%m-%d}: {issued.cert_path}, "
+              f"{issued.key_path} (0600)")
+    names = ", ".join(f"{pki_name}.pem/.key" for pki_name in _gateway_names(args.workers))
+    print(f"In {centre.gateway_dir}: {names}, ca.pem. One identity per ingest process: the "
+          "broker takes the client id from the certificate.")
+    print(f"On the gateway host copy them to {args.etc_dir.rstrip('/')}/tls/ (keys owned by the "
           "gerbang user, mode 0600) and put this in gateway.toml "
           f"(also in {centre.gateway_dir / 'broker.toml'}):\n")
     print(snippet)
+    _print_broker_sync(centre, ca, "the gateway")
+    return 0
+
+
+def _gateway_names(workers: int) -> list[str]:
+    from provisioning import pki
+
+    return [pki.gateway_worker_identity(n) for n in range(1, workers + 1)]
+
+
+def _cmd_technician_cert(args: argparse.Namespace) -> int:
+    from provisioning.bundle import issue_technician_cert, technician_broker_toml
+    from provisioning.files import write_file
+
+    centre, ca = _load_centre_and_ca(args)
+    issued = issue_technician_cert(centre, ca, args.name, replace=args.replace)
+    snippet = technician_broker_toml(centre, issued)
+    write_file(centre.technicians_dir / f"{issued.common_name}.broker.toml", snippet)
+    tls = centre.technicians_dir
+    print(f"Technician certificate (CN {issued.common_name}) valid until "
+          f"{issued.cert.not_valid_after_utc:%Y-%m-%d}: {issued.cert_path}, {issued.key_path} "
+          "(0600; made here, keep it on this laptop)")
+    print(f"Its [broker] table (also in {tls / (issued.common_name + '.broker.toml')}):\n")
+    print(snippet)
+    print("roster-push and config-push with it:\n  --broker-host "
+          f"{centre.broker_hosts[0]} --broker-port {centre.broker_port} --ca-file "
+          f"{tls / 'ca.pem'} --cert-file {issued.cert_path} --key-file {issued.key_path}")
+    _print_broker_sync(centre, ca, f"technician {issued.common_name}")
     return 0
 
 
@@ -432,9 +484,10 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
           f"({args.reason}); CRL re-signed: {ca.crl_path}")
     if centre.broker_config_dir:
         print(f"  copied to {centre.broker_config_dir / 'certs' / 'crl.pem'}")
-    print("Now restart the broker (sudo systemctl restart mosquitto) after copying crl.pem to "
-          "it: the broker reads the CRL at start, and a connection already open stays open "
-          "until the restart.")
+    _print_broker_sync(centre, ca, f"gate {args.device}")
+    print("Now restart the broker (sudo systemctl restart mosquitto) after copying crl.pem and "
+          "dynamic-security.json to it: the broker reads them at start, and a connection "
+          "already open stays open until the restart.")
     return 0
 
 
@@ -448,14 +501,24 @@ def _cmd_broker_config(args: argparse.Namespace) -> int:
               "revoked): make the gates' bundles again if the first name changed.")
     centre, files = write_broker_config(
         centre, ca, args.out, install_dir=args.install_dir, bind_address=args.bind,
-        run_as_user=args.user, persistence_dir=args.persistence_dir)
+        run_as_user=args.user, persistence_dir=args.persistence_dir,
+        share_groups=args.share_group or None, plugin_path=args.dynsec_plugin)
+    from provisioning import pki
+
+    known = pki.broker_identities(ca)
     print(f"Broker config for centre {centre.centre_id} in {files.directory}:")
     print(f"  {files.config_path.name} (TLS listener on port {centre.broker_port}, client "
-          "certificates required, identity from the certificate), acl, certs/")
+          "certificates required, identity from the certificate), certs/")
+    print(f"  {files.dynsec_path.name}: who may do what ({len(known.devices)} gate(s), "
+          f"{', '.join(known.gateways) or 'no gateway yet'}, "
+          f"{', '.join(known.technicians) or 'no technician yet'}; gateway share groups: "
+          f"{', '.join(['gerbang-ingest', *centre.broker_share_groups])}); read by the "
+          f"dynamic-security plugin {files.plugin_path}")
     if files.install_dir:
         print(f"  INSTALL.txt: how to put it in {files.install_dir} on the broker host")
     else:
         print(f"  run it here: mosquitto -c {files.config_path.resolve()}")
+    print("Restart the broker after installing it: it reads the rules at start only.")
     return 0
 
 
@@ -640,8 +703,28 @@ def _add_pki_commands(sub: argparse._SubParsersAction) -> None:
                          help="where the files will be on the gateway host (default "
                               f"{DEFAULT_ETC_DIR}; they go in its tls/ folder)")
     gateway.add_argument("--replace", action="store_true",
-                         help="revoke the current gateway certificate and make a new one")
+                         help="revoke the current gateway certificate(s) and make new ones")
+    gateway.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="ingest processes the gateway runs ([gateway] ingest_workers, "
+                              "default 1): also make gateway-2.pem/.key … gateway-N, one "
+                              "identity per process (existing ones are kept)")
     gateway.set_defaults(func=_cmd_gateway_cert)
+
+    tech = sub.add_parser(
+        "technician-cert", parents=[centre],
+        help="make a technician's certificate for roster-push and config-push",
+        description="Makes technicians/tech-NAME.pem and tech-NAME.key (0600, made here; keep "
+                    "it on this laptop) and prints its [broker] table and the push options. "
+                    "The broker lets a technician send roster, config, models and ping "
+                    "commands and read the gates' answers, nothing else. Never push with the "
+                    "gateway's certificate: the broker takes the client id from the "
+                    "certificate, so the push would take over the running gateway's session "
+                    "and lose check-ins.",
+        epilog="Example: gerbang-provision technician-cert budi")
+    tech.add_argument("name", help="the technician's short name (letters, digits, '-', '_', '.')")
+    tech.add_argument("--replace", action="store_true",
+                      help="revoke the technician's current certificate and make a new one")
+    tech.set_defaults(func=_cmd_technician_cert)
 
     revoke = sub.add_parser(
         "revoke", parents=[centre], help="shut a gate out of the broker (lost, stolen, retired)",
@@ -660,10 +743,14 @@ def _add_pki_commands(sub: argparse._SubParsersAction) -> None:
         "broker-config", parents=[centre], help="write the Mosquitto config, ACL and certificates",
         description="Writes a folder for the centre's Mosquitto: mosquitto.conf (one TLS "
                     "listener, client certificates required, the certificate name is the "
-                    "username, anonymous access off), acl (each gate only its own topics, the "
-                    "gateway all), and certs/ (ca.pem, crl.pem, broker.pem, broker.key). With "
-                    "--install-dir the paths are those on the broker host and INSTALL.txt says "
-                    "how to put it there.",
+                    "username and client id, anonymous access off, messages over 16 MiB "
+                    "refused), dynamic-security.json (read by Mosquitto's dynamic-security "
+                    "plugin: each gate only its own topics, the gateway's ingest filters, the "
+                    "technicians' commands; every subscription checked), and certs/ (ca.pem, "
+                    "crl.pem, broker.pem, broker.key). With --install-dir the paths are those "
+                    "on the broker host and INSTALL.txt says how to put it there. Later "
+                    "`device add`, `revoke`, `gateway-cert` and `technician-cert` rewrite "
+                    "dynamic-security.json and crl.pem in this folder; restart the broker then.",
         epilog="Example: gerbang-provision broker-config --out broker-c01 --install-dir "
                "/etc/mosquitto/gerbang")
     broker.add_argument("--out", type=Path, required=True, metavar="DIR",
@@ -682,6 +769,14 @@ def _add_pki_commands(sub: argparse._SubParsersAction) -> None:
     broker.add_argument("--broker-host", action="append", metavar="NAME",
                         help="make a new broker certificate for these names and addresses "
                              "(repeat for each; the old certificate is revoked)")
+    broker.add_argument("--share-group", action="append", metavar="NAME",
+                        help="a gateway share group ([gateway] share_group) the broker admits "
+                             "besides gerbang-ingest (repeat for each; default: the groups "
+                             "given before). The broker refuses any other subscription")
+    broker.add_argument("--dynsec-plugin", type=Path, metavar="PATH",
+                        help="Mosquitto's dynamic-security plugin on the broker host (default: "
+                             "found here, e.g. /usr/lib/x86_64-linux-gnu/"
+                             "mosquitto_dynamic_security.so)")
     broker.set_defaults(func=_cmd_broker_config)
 
     bundle = sub.add_parser(
@@ -748,11 +843,9 @@ def _add_pki_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_roster_push(args: argparse.Namespace) -> int:
-    from gerbang.config import BrokerConfig
     from provisioning.push import push_roster
 
-    broker = BrokerConfig(host=args.broker_host, port=args.broker_port, ca_file=args.ca_file,
-                          cert_file=args.cert_file, key_file=args.key_file)
+    broker = _push_broker(args)
     results = push_roster(broker, args.centre, args.device, args.signed_roster.read_bytes(),
                           timeout_s=args.timeout)
     for r in results:
@@ -764,7 +857,6 @@ def _cmd_roster_push(args: argparse.Namespace) -> int:
 def _cmd_config_push(args: argparse.Namespace) -> int:
     import tomllib
 
-    from gerbang.config import BrokerConfig
     from provisioning.push import config_sha256, push_config
 
     if args.version < 1:
@@ -786,8 +878,7 @@ def _cmd_config_push(args: argparse.Namespace) -> int:
     if not isinstance(centre, str) or args.centre not in (None, centre):
         raise ConfigError(f"{args.config_file}: gate.centre is {centre!r}"
                           + (f", not {args.centre!r}" if args.centre else ""))
-    broker = BrokerConfig(host=args.broker_host, port=args.broker_port, ca_file=args.ca_file,
-                          cert_file=args.cert_file, key_file=args.key_file)
+    broker = _push_broker(args)
     print(f"desired: {args.device} config v{args.version} sha256 {config_sha256(text)}")
     try:
         r = push_config(broker, centre, args.device, text, args.version, timeout_s=args.timeout)
@@ -798,14 +889,28 @@ def _cmd_config_push(args: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
+def _push_broker(args: argparse.Namespace) -> BrokerConfig:
+    """The push's broker, refused (exit 2, the reason) for a certificate that is not a
+    technician's before anything is printed or sent."""
+    from gerbang.config import BrokerConfig
+    from provisioning.push import check_push_identity
+
+    broker = BrokerConfig(host=args.broker_host, port=args.broker_port, ca_file=args.ca_file,
+                          cert_file=args.cert_file, key_file=args.key_file)
+    check_push_identity(broker)
+    return broker
+
+
 def _add_push_broker_args(parser: argparse.ArgumentParser) -> None:
-    """How a push command reaches the centre's broker (as the gateway: its certificate) and how
-    long it waits for the gates' acknowledgements."""
+    """How a push command reaches the centre's broker (as a technician: their certificate) and
+    how long it waits for the gates' acknowledgements."""
     parser.add_argument("--broker-host", default="127.0.0.1")
     parser.add_argument("--broker-port", type=int, default=8883)
     parser.add_argument("--ca-file", type=Path, help="centre CA (turns TLS on)")
-    parser.add_argument("--cert-file", type=Path, help="the gateway's certificate")
-    parser.add_argument("--key-file", type=Path, help="the gateway's key")
+    parser.add_argument("--cert-file", type=Path,
+                        help="your technician certificate (technicians/tech-NAME.pem from "
+                             "`technician-cert`); the gateway's is refused")
+    parser.add_argument("--key-file", type=Path, help="its key (technicians/tech-NAME.key)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for the acknowledgements (default 30)")
 
@@ -821,7 +926,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "`gerbang-provision COMMAND --help` explains each command.",
         epilog="""A new centre, once (run in the centre's folder, or pass --centre-dir DIR):
   gerbang-provision ca create --centre c01 --broker-host broker.c01.lan --broker-host 10.0.0.2
-  gerbang-provision gateway-cert
+  gerbang-provision gateway-cert [--workers 2]
+  gerbang-provision technician-cert budi     (your identity for roster-push / config-push)
   gerbang-provision broker-config --out broker-c01 --install-dir /etc/mosquitto/gerbang
 
 Each gate (docs/provisioning.md walks through it):
@@ -997,9 +1103,10 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
                     "wait for every gate's acknowledgement. Each gate checks the signature, "
                     "centre, session, room, model and version before using it; a refusal is "
                     "printed with its reason. A gate that is offline gets the roster when it "
-                    "reconnects and is listed as NOT CONFIRMED. Use the gateway's certificate "
-                    "(the broker lets only the gateway publish commands). Exit code 0 only "
-                    "when every gate confirmed.")
+                    "reconnects and is listed as NOT CONFIRMED. Use your technician "
+                    "certificate (`technician-cert`); the gateway's is refused, since the push "
+                    "would take over the running gateway's session. Exit code 0 only when "
+                    "every gate confirmed.")
     push.add_argument("signed_roster", type=Path, help="the .roster.signed file")
     push.add_argument("--centre", required=True, help="centre id, e.g. c01")
     push.add_argument("--device", action="append", required=True,
@@ -1017,12 +1124,13 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
                     "not newer than the one it runs, a file that is not TOML or not a valid "
                     "config (the field is named), or a changed device_id, centre or data_dir "
                     "(re-provision for those). A gate that is offline gets the config when it "
-                    "reconnects and is listed as NOT CONFIRMED. Use the gateway's certificate. "
-                    "Exit code 0 only when the gate applied it.",
+                    "reconnects and is listed as NOT CONFIRMED. Use your technician "
+                    "certificate (`technician-cert`), never the gateway's. Exit code 0 only "
+                    "when the gate applied it.",
         epilog="Example: gerbang-provision config-push --config-file devices/c01-r01-a/"
                "device.toml --version 2 --device c01-r01-a --broker-host broker.c01.lan "
-               "--ca-file ca/ca.pem --cert-file gateway/gateway.pem --key-file "
-               "gateway/gateway.key")
+               "--ca-file technicians/ca.pem --cert-file technicians/tech-budi.pem --key-file "
+               "technicians/tech-budi.key")
     cpush.add_argument("--config-file", type=Path, required=True,
                        help="the gate's whole new device.toml (its [gate] device_id must be "
                             "--device)")

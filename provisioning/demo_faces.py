@@ -22,6 +22,7 @@ import numpy as np
 from device.capture.replay import read_image
 from device.infer.align import align_face
 from device.infer.pipeline import FacePipeline
+from provisioning.files import make_dirs, write_file
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +97,12 @@ def build_demo_faces(out_dir: Path, pipeline: FacePipeline, same_person: float =
             people.append([(crop, embedding)])
     for n, group in enumerate(people):
         person = out_dir / f"faceapi-{n:02d}"
-        person.mkdir(parents=True, exist_ok=True)
+        make_dirs(person)
         crops = [crop for crop, _ in group]
         if len(crops) == 1:
             crops += [_recapture(crops[0], v) for v in (1, 2)]
         for i, crop in enumerate(crops):
-            cv2.imwrite(str(person / f"{i}.jpg"), crop)
+            write_file(person / f"{i}.jpg", cv2.imencode(".jpg", crop)[1].tobytes())
     log.info("built %d demo people (%d faces) from %s into %s", len(people), len(faces),
              NPM_PACKAGE, out_dir)
     return out_dir

@@ -36,13 +36,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gerbang.files import write_atomic
 from gerbang.wire import ID_PATTERN
+from provisioning.files import PRIVATE_DIR_MODE, make_dirs, write_file
 
-#: Client identity of the gateway: the ACL grants this username the centre-wide rights, so no
-#: device may ever be issued a certificate with this CN.
+#: Client identity of the gateway (its first ingest process): the broker grants this username
+#: the gateway's rights, so no device may ever be issued a certificate with this CN.
 GATEWAY_IDENTITY = "gateway"
+#: The most ingest processes one gateway runs (``[gateway] ingest_workers``); worker n ≥ 2 has
+#: its own certificate with CN ``gateway-<n>``: one client id per process, since the broker takes
+#: the client id from the certificate and two connections with one id knock each other off.
+MAX_GATEWAY_WORKERS = 32
+#: Technicians' laptops (``roster-push``, ``config-push``, model pushes): CN ``tech-<name>``.
+TECHNICIAN_PREFIX = "tech-"
 RESERVED_IDENTITIES = frozenset({GATEWAY_IDENTITY})
+_GATEWAY_CN = re.compile(r"^gateway(?:-([2-9]|[12][0-9]|3[0-2]))?$")
 
 CA_VALID_DAYS = 3650
 SERVER_VALID_DAYS = 825
@@ -131,6 +138,42 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def gateway_worker_identity(worker: int) -> str:
+    """The certificate CN of gateway ingest process ``worker`` (1: gateway, n: gateway-n)."""
+    if not 1 <= worker <= MAX_GATEWAY_WORKERS:
+        raise PKIError(f"gateway worker must be 1..{MAX_GATEWAY_WORKERS}, got {worker}")
+    return GATEWAY_IDENTITY if worker == 1 else f"{GATEWAY_IDENTITY}-{worker}"
+
+
+def technician_identity(name: str) -> str:
+    """The certificate CN of technician ``name``: ``tech-<name>``; PKIError for a bad name."""
+    cn = f"{TECHNICIAN_PREFIX}{name}"
+    if not isinstance(name, str) or not name or not ID_PATTERN.match(cn):
+        raise PKIError(f"technician name {name!r} is not valid: letters, digits, '_', '.', '-', "
+                       f"at most {64 - len(TECHNICIAN_PREFIX)} characters")
+    return cn
+
+
+def is_reserved_identity(common_name: str) -> bool:
+    """Whether ``common_name`` belongs to the gateway or the technicians' namespace
+    (``gateway``, ``gateway-*``, ``tech-*``, in any letter case): never a device's."""
+    lowered = common_name.lower()
+    return (lowered == GATEWAY_IDENTITY or lowered.startswith(f"{GATEWAY_IDENTITY}-")
+            or lowered.startswith(TECHNICIAN_PREFIX))
+
+
+def identity_kind(common_name: str) -> str:
+    """What a client certificate's CN is in the broker: ``gateway`` (``gateway``,
+    ``gateway-2`` … ``gateway-32``), ``technician`` (``tech-<name>``), ``reserved`` (any other
+    name in those namespaces: no rights at all) or ``device``."""
+    if _GATEWAY_CN.match(common_name):
+        return "gateway"
+    if common_name.startswith(TECHNICIAN_PREFIX) and ID_PATTERN.match(common_name) and \
+            len(common_name) > len(TECHNICIAN_PREFIX):
+        return "technician"
+    return "reserved" if is_reserved_identity(common_name) else "device"
+
+
 def _check_identity(what: str, value: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.match(value):
         raise PKIError(f"{what} {value!r} is not a valid id (must match {ID_PATTERN.pattern})")
@@ -147,7 +190,7 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey,
     Refuses to overwrite an existing file: replacing a key by accident orphans its certificate.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent, PRIVATE_DIR_MODE)
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase
         else serialization.NoEncryption())
@@ -164,7 +207,7 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey,
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> Path:
-    write_atomic(Path(path), cert.public_bytes(serialization.Encoding.PEM))
+    write_file(Path(path), cert.public_bytes(serialization.Encoding.PEM))
     return Path(path)
 
 
@@ -219,7 +262,7 @@ def create_centre_ca(centre_id: str, out_dir: Path, valid_days: int = CA_VALID_D
     if (out / CA_KEY).exists() or (out / CA_CERT).exists():
         raise PKIError(f"{out} already holds a CA ({CA_KEY}/{CA_CERT}); refusing to replace it "
                        "(every certificate it issued would stop working)")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, PRIVATE_DIR_MODE)
     key = _new_key()
     now = _now()
     name = x509.Name([
@@ -247,7 +290,7 @@ def create_centre_ca(centre_id: str, out_dir: Path, valid_days: int = CA_VALID_D
     )
     write_private_key(out / CA_KEY, key, passphrase)
     _write_cert(out / CA_CERT, cert)
-    (out / ISSUED_DIR).mkdir(exist_ok=True)
+    make_dirs(out / ISSUED_DIR)
     ca = CentreCA(centre_id=centre_id, directory=out, cert=cert, key=key)
     _save_revoked(ca, {"centre": centre_id, "crl_number": 0, "revoked": []})
     refresh_crl(ca)
@@ -290,7 +333,7 @@ def _load_revoked(ca: CentreCA) -> dict:
 
 
 def _save_revoked(ca: CentreCA, state: dict) -> None:
-    write_atomic(ca.revoked_path, (json.dumps(state, indent=1) + "\n").encode())
+    write_file(ca.revoked_path, json.dumps(state, indent=1) + "\n")
 
 
 def revoked_serials(ca: CentreCA) -> set[int]:
@@ -317,6 +360,61 @@ def find_issued(ca: CentreCA, common_name: str, *, valid_only: bool = True,
             continue
         found.append(cert)
     return found
+
+
+@dataclass(frozen=True)
+class BrokerIdentities:
+    """The client identities the broker gives rights to (certificate CNs), by kind.
+
+    Built from the CA's issued, unrevoked, unexpired client certificates
+    (``broker_identities``): the broker's access rules list each one, and a certificate whose
+    CN is not listed can connect but do nothing at all.
+    """
+
+    devices: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = (GATEWAY_IDENTITY,)
+    technicians: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for kind, names in (("device", self.devices), ("gateway", self.gateways),
+                            ("technician", self.technicians)):
+            for name in names:
+                _check_identity(f"{kind} identity", name)
+                if identity_kind(name) != kind:
+                    raise PKIError(f"{name!r} is not a {kind} identity (it is "
+                                   f"{identity_kind(name)})")
+
+
+def broker_identities(ca: CentreCA | Path, *, now: dt.datetime | None = None
+                      ) -> BrokerIdentities:
+    """Every CN the broker should know: the client certificates of the CA (loaded, or its
+    folder: ``issued/`` and ``revoked.json`` suffice, no key needed) that are neither revoked
+    nor expired, sorted by kind. Reserved names that are no known identity are left out."""
+    now = now or _now()
+    directory = ca.directory if isinstance(ca, CentreCA) else Path(ca)
+    try:
+        state = json.loads((directory / REVOKED_FILE).read_text())
+    except FileNotFoundError:
+        state = {"revoked": []}
+    revoked = {int(entry["serial"], 16) for entry in state["revoked"]}
+    found: dict[str, set[str]] = {"device": set(), "gateway": set(), "technician": set()}
+    for path in sorted((directory / ISSUED_DIR).glob("*.pem")):
+        cert = load_certificate(path)
+        if cert.serial_number in revoked or cert.not_valid_after_utc <= now:
+            continue
+        try:
+            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            continue
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+            continue  # the broker's own server certificates
+        cn = common_name_of(cert)
+        kind = identity_kind(cn)
+        if kind in found and ID_PATTERN.match(cn):
+            found[kind].add(cn)
+    return BrokerIdentities(devices=tuple(sorted(found["device"])),
+                            gateways=tuple(sorted(found["gateway"])),
+                            technicians=tuple(sorted(found["technician"])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +537,7 @@ def make_device_key_and_csr(device_id: str, centre: str, out_dir: Path | None = 
     if out_dir is not None:
         out = Path(out_dir)
         write_private_key(out / f"{device_id}.key", key)
-        write_atomic(out / f"{device_id}.csr", csr.public_bytes(serialization.Encoding.PEM))
+        write_file(out / f"{device_id}.csr", csr.public_bytes(serialization.Encoding.PEM))
     return key, csr
 
 
@@ -468,11 +566,11 @@ def sign_device_csr(ca: CentreCA, csr: x509.CertificateSigningRequest | bytes | 
 
     Refused with PKIError when: the CSR's self-signature is invalid (altered in transit); its
     subject has not exactly one CN, or the CN is not a valid device id (``wire.ID_PATTERN``), or
-    it is a reserved identity (``gateway``); its OU names another centre; it differs from
-    ``expected_device_id``; the key is not EC P-256/P-384; or the device already holds a valid
-    certificate and ``replace`` is false (with ``replace``, the old one is revoked). Only the
-    CN and the public key are taken from the CSR; every extension is the CA's choice. Writes
-    ``{device_id}.pem`` to ``out_dir`` if given.
+    it is a reserved identity (``gateway``, ``gateway-*``, ``tech-*``); its OU names another
+    centre; it differs from ``expected_device_id``; the key is not EC P-256/P-384; or the
+    device already holds a valid certificate and ``replace`` is false (with ``replace``, the old
+    one is revoked). Only the CN and the public key are taken from the CSR; every extension is
+    the CA's choice. Writes ``{device_id}.pem`` to ``out_dir`` if given.
     """
     request = _load_csr(csr)
     if not request.is_signature_valid:
@@ -482,8 +580,10 @@ def sign_device_csr(ca: CentreCA, csr: x509.CertificateSigningRequest | bytes | 
     if not ID_PATTERN.match(device_id):
         raise PKIError(f"CSR CN {device_id!r} is not a valid device id "
                        f"(must match {ID_PATTERN.pattern})")
-    if device_id in RESERVED_IDENTITIES:
-        raise PKIError(f"CSR CN {device_id!r} is reserved (it would get the gateway's rights)")
+    if is_reserved_identity(device_id):
+        raise PKIError(f"CSR CN {device_id!r} is reserved: gateway, gateway-* and tech-* are the "
+                       "gateway's and the technicians' identities (a device with it would get "
+                       "their rights in the broker)")
     if expected_device_id is not None and device_id != expected_device_id:
         raise PKIError(f"CSR is for {device_id!r}, expected {expected_device_id!r}")
     for centre in request.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
@@ -532,7 +632,7 @@ def refresh_crl(ca: CentreCA, valid_days: int = CRL_VALID_DAYS) -> Path:
                 x509.CRLReason(REVOCATION_REASONS[entry["reason"]]), critical=False)
         builder = builder.add_revoked_certificate(revoked.build())
     crl = builder.sign(ca.key, hashes.SHA256())
-    write_atomic(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    write_file(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM))
     _save_revoked(ca, state)
     return ca.crl_path
 

@@ -5,6 +5,11 @@ The technician (or the gateway host) publishes e.g. the signed roster on each ga
 ``cmd/roster`` topic at QoS 1 with a fresh ``command_id``, and listens on the gates'
 ``cmd_ack``. A gate that is offline gets the command from its persistent session when it comes
 back; until then it is reported as *not confirmed*, never as done.
+
+The push connects with the technician's own certificate (``gerbang-provision technician-cert``,
+CN ``tech-<name>``), never the gateway's: the broker takes a client's id from its certificate, so
+a push as ``gateway`` would take over the running gateway's session (the clean start wipes its
+subscriptions and queued check-ins). ``check_push_identity`` refuses that before connecting.
 """
 
 from __future__ import annotations
@@ -23,6 +28,38 @@ import paho.mqtt.client as mqtt
 from gerbang import wire
 from gerbang.config import BrokerConfig
 from gerbang.mqtt import make_client
+from provisioning import pki
+
+
+class PushRefused(RuntimeError):
+    """The push would run with an identity that must not send it; the message says which to use."""
+
+
+def check_push_identity(broker: BrokerConfig) -> str | None:
+    """The CN the push connects as (None without a client certificate: a plain test broker).
+
+    Refused (PushRefused) for the gateway's certificates (``gateway``, ``gateway-N``) and a
+    gate's: with the broker taking the client id from the certificate, the push would take
+    over that client's session (the running gateway's: its subscriptions and the check-ins
+    queued for it are wiped) and the broker would refuse its commands anyway.
+    """
+    if broker.cert_file is None:
+        return None
+    cn = pki.common_name_of(pki.load_certificate(broker.cert_file))
+    kind = pki.identity_kind(cn)
+    if kind == "technician":
+        return cn
+    how = ("use a technician's certificate instead: `gerbang-provision technician-cert NAME` "
+           "makes technicians/tech-NAME.pem and .key; pass them as --cert-file/--key-file")
+    if kind == "gateway":
+        raise PushRefused(
+            f"--cert-file {broker.cert_file} is the gateway's certificate (CN {cn}): the broker "
+            "takes a client's id from its certificate, so this push would take over the running "
+            f"gateway's session {cn!r} and lose the check-ins in flight; {how}")
+    raise PushRefused(
+        f"--cert-file {broker.cert_file} has CN {cn!r}, which is not a technician's (tech-*): "
+        f"the broker lets only technicians and the gateway send these commands, and a push "
+        f"with it would take over {cn!r}'s session; {how}")
 
 
 @dataclass(frozen=True)
@@ -95,14 +132,20 @@ def push_command(broker: BrokerConfig, centre: str, devices: list[str], command:
     """Publish ``cmd/{command}`` with ``body`` to every gate and wait for their ``cmd_ack``.
 
     The subscription to the acknowledgements is confirmed before anything is published, so a
-    fast gate's answer cannot be missed. Each gate's first acknowledgement of this command_id
-    counts (MQTT may deliver the command twice; the second answer is about the redelivery).
+    fast gate's answer cannot be missed. PushRefused before connecting when ``broker``'s
+    certificate is not a technician's (``check_push_identity``). Each gate's first
+    acknowledgement of this command_id counts (MQTT may deliver the command twice; the second
+    answer is about the redelivery).
     """
+    identity = check_push_identity(broker)
     command_id = uuid.uuid4().hex
     acks: dict[str, dict[str, Any]] = {}
     done = threading.Condition()
     subscribed = threading.Event()
-    client = make_client(f"gerbang-push-{command_id[:8]}", broker, persistent_session=False)
+    # Over mutual TLS the broker makes the certificate CN the client id; say so rather than
+    # ask for another one.
+    client = make_client(identity or f"gerbang-push-{command_id[:8]}", broker,
+                         persistent_session=False)
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:

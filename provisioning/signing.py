@@ -49,6 +49,7 @@ from device.roster_file import (
 from device.signed_layout import public_key_id
 from gerbang.files import write_atomic
 from gerbang.wire import ID_PATTERN
+from provisioning.files import PRIVATE_DIR_MODE, make_dirs
 
 SIGNING_KEY, PUBLIC_KEY, TRANSPORT_MASTER, KEYS_INFO = (
     "roster-signing.key", "roster-signing.pub", "roster-transport-master.key",
@@ -114,7 +115,7 @@ def create_roster_keys(keys_dir: Path, centre: str) -> RosterKeys:
     if existing:
         raise SigningError(f"{directory} already holds roster keys ({', '.join(existing)}); "
                            "refusing to replace them (every gate trusts the current ones)")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(directory, PRIVATE_DIR_MODE)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -173,7 +174,7 @@ def export_device_keys(keys: RosterKeys, room: str, out_dir: Path) -> dict[str, 
     key is refused (that gate would open no roster).
     """
     out = Path(out_dir)
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(out, PRIVATE_DIR_MODE)
     room_key = keys.room_key(room)
     transport = out / DEVICE_TRANSPORT_KEY
     if transport.exists():

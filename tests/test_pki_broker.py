@@ -30,7 +30,7 @@ from waiting import wait_until
 from gerbang import wire
 from gerbang.broker import free_port, wait_for_port
 from provisioning import pki
-from provisioning.broker_config import acl_text, write_mosquitto_tls_config
+from provisioning.broker_config import write_mosquitto_tls_config
 
 CENTRE = "c01"
 DEV_A, DEV_B, DEV_C = "c01-r01-a", "c01-r02-a", "c01-r03-a"
@@ -137,13 +137,15 @@ class Probe:
     """A paho 2.x client that records CONNACK, PUBACK and SUBACK reason codes and messages."""
 
     def __init__(self, env: Env, cert: tuple[Path, Path] | None, *, client_id: str = "",
-                 protocol: int = mqtt.MQTTv5, ca_certs: Path | None = None) -> None:
+                 protocol: int = mqtt.MQTTv5, ca_certs: Path | None = None,
+                 plain: bool = False) -> None:
         self.env = env
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=protocol)
         certfile, keyfile = (str(cert[0]), str(cert[1])) if cert else (None, None)
-        self.client.tls_set(ca_certs=str(ca_certs or env.ca.cert_path), certfile=certfile,
-                            keyfile=keyfile)
+        if not plain:  # plain: a local broker without TLS (gerbang/conf/mosquitto-local.conf)
+            self.client.tls_set(ca_certs=str(ca_certs or env.ca.cert_path), certfile=certfile,
+                                keyfile=keyfile)
         self.connack = None
         self.disconnected = threading.Event()
         self.done = threading.Event()
@@ -202,6 +204,12 @@ class Probe:
         wait_until(lambda: mid in self.subacks, TIMEOUT, f"SUBACK for {topic}")
         return self.subacks[mid]
 
+    def subscribe_as_ingest(self, centre: str = CENTRE) -> None:
+        """The gateway ingest's filters (``gateway/ingest.py``), each granted by the broker."""
+        for leaf in ("events", "status", "alarms", "telemetry", "cmd_ack"):
+            (reason,) = self.subscribe(wire.subscription(centre, leaf))
+            assert not reason.is_failure, (leaf, reason)
+
     def received(self, topic: str) -> list[bytes]:
         with self.lock:
             return [payload for t, payload in self.messages if t == topic]
@@ -243,12 +251,12 @@ def gateway_cert(env: Env) -> tuple[Path, Path]:
 
 
 # --------------------------------------------------------------------------------------------
-# the broker: mutual TLS and ACL
+# the broker: mutual TLS and access rules (dynamic-security plugin)
 
 
 def test_devices_publish_own_events_and_gateway_receives_them(env, probes):
     gateway = connected(probes, gateway_cert(env))
-    assert not gateway.subscribe(f"gerbang/v1/{CENTRE}/#")[0].is_failure
+    gateway.subscribe_as_ingest()
     sent = {}
     for device in (DEV_A, DEV_B):
         probe = connected(probes, env.devices[device])
@@ -271,8 +279,10 @@ def test_devices_publish_own_events_and_gateway_receives_them(env, probes):
 
 def test_device_cannot_publish_as_another_device(env, probes):
     gateway = connected(probes, gateway_cert(env))
-    gateway.subscribe(f"gerbang/v1/{CENTRE}/#")
+    gateway.subscribe_as_ingest()
     device_a = connected(probes, env.devices[DEV_A])
+    device_b = connected(probes, env.devices[DEV_B])
+    device_b.subscribe(f"gerbang/v1/{CENTRE}/{DEV_B}/cmd/+")
     forged_events = wire.events_topic(CENTRE, DEV_B)
     forged_unlock = wire.device_topic(CENTRE, DEV_B, "cmd/unlock")
     # MQTT 5: the QoS 1 PUBACK carries reason code 0x87 "Not authorized".
@@ -285,14 +295,15 @@ def test_device_cannot_publish_as_another_device(env, probes):
     assert not device_a.publish(marker, event_payload(DEV_A, 2)).is_failure
     wait_until(lambda: gateway.received(marker), TIMEOUT, "marker")
     assert gateway.received(forged_events) == []
-    assert gateway.received(forged_unlock) == []
+    time.sleep(0.2)  # B's own subscription: the forged unlock never reaches it either
+    assert device_b.received(forged_unlock) == []
     assert device_a.client.is_connected()  # a denied publish does not disconnect
 
 
 def test_mqtt311_device_denial_is_silent(env, probes):
     """MQTT 3.1.1 has no PUBACK reason codes: Mosquitto acks the denied message and drops it."""
     gateway = connected(probes, gateway_cert(env))
-    gateway.subscribe(f"gerbang/v1/{CENTRE}/#")
+    gateway.subscribe_as_ingest()
     device_b = connected(probes, env.devices[DEV_B], protocol=mqtt.MQTTv311)
     forged = wire.events_topic(CENTRE, DEV_A)
     assert not device_b.publish(forged, event_payload(DEV_A, 7)).is_failure  # acked anyway
@@ -306,24 +317,21 @@ def test_device_only_receives_its_own_commands(env, probes):
     gateway = connected(probes, gateway_cert(env))
     device_a = connected(probes, env.devices[DEV_A])
     device_b = connected(probes, env.devices[DEV_B])
-    own, other = (f"gerbang/v1/{CENTRE}/{d}/cmd/#" for d in (DEV_A, DEV_B))
+    own, other = (f"gerbang/v1/{CENTRE}/{d}/cmd/+" for d in (DEV_A, DEV_B))
     assert not device_a.subscribe(own)[0].is_failure
     assert not device_b.subscribe(other)[0].is_failure
-    # Mosquitto 2.0's acl_file does not check SUBSCRIBE at all (it always grants; reads are
-    # filtered per message at delivery), so the SUBACK may be a grant. A broker that refuses
-    # it (0x87) is fine too. What must hold is that nothing of B's ever reaches A.
-    suback = device_a.subscribe(other)[0]
-    assert suback.value in (1, NOT_AUTHORIZED), suback
-    wide = device_a.subscribe(f"gerbang/v1/{CENTRE}/#")[0]  # also granted; also filtered
+    # The dynamic-security plugin checks SUBSCRIBE (Mosquitto 2.0's acl_file granted every
+    # one): A may not even ask for B's commands, nor for the whole centre.
+    for refused in (other, f"gerbang/v1/{CENTRE}/#", f"gerbang/v1/{CENTRE}/{DEV_A}/cmd/#"):
+        suback = device_a.subscribe(refused)[0]
+        assert suback.value == NOT_AUTHORIZED, (refused, suback)
     b_unlock = wire.device_topic(CENTRE, DEV_B, "cmd/unlock")
     a_unlock = wire.device_topic(CENTRE, DEV_A, "cmd/unlock")
     assert not gateway.publish(b_unlock, b'{"schema":1}').is_failure
     assert not gateway.publish(a_unlock, b'{"schema":1}').is_failure
     wait_until(lambda: device_b.received(b_unlock), TIMEOUT, "B's own command")
     wait_until(lambda: device_a.received(a_unlock), TIMEOUT, "A's own command")
-    assert device_a.received(b_unlock) == []
-    # Through the wide subscription A sees nothing but its own commands either.
-    assert {t for t, _ in device_a.messages} == {a_unlock}, (wide, device_a.messages)
+    assert {t for t, _ in device_a.messages} == {a_unlock}, device_a.messages
 
 
 def test_device_cannot_take_over_another_client_id(env, probes):
@@ -468,8 +476,11 @@ def test_sign_device_csr_refuses_bad_requests(tmp_path):
         pki.sign_device_csr(ca, tampered)
     with pytest.raises(pki.PKIError, match="not a valid device id"):
         pki.sign_device_csr(ca, _csr("c01/r01+#"))
-    with pytest.raises(pki.PKIError, match="reserved"):
-        pki.sign_device_csr(ca, _csr(pki.GATEWAY_IDENTITY))
+    # The gateway's and the technicians' namespaces: a gate with one of these CNs would get
+    # their rights in the broker.
+    for reserved in (pki.GATEWAY_IDENTITY, "gateway-2", "gateway-x", "Gateway", "tech-alice"):
+        with pytest.raises(pki.PKIError, match="reserved"):
+            pki.sign_device_csr(ca, _csr(reserved))
     with pytest.raises(pki.PKIError, match="centre 'c02'"):
         pki.sign_device_csr(ca, _csr(DEV_A, centre="c02"))
     with pytest.raises(pki.PKIError, match="expected 'c01-r09-z'"):
@@ -512,15 +523,49 @@ def test_revoke_is_idempotent_and_refuses_foreign_certificates(tmp_path):
         pki.revoke(ca, mine.cert, reason="lost it")
 
 
-def test_acl_text_and_config_checks(tmp_path):
-    acl = acl_text(CENTRE)
-    assert "pattern write gerbang/v1/c01/%u/events" in acl
-    assert "pattern read gerbang/v1/c01/%u/cmd/#" in acl
-    assert "user gateway\ntopic read gerbang/v1/c01/#\ntopic write gerbang/v1/c01/+/cmd/#" in acl
-    # Only the gateway has plain `topic` lines; everything for devices is a %u pattern.
-    assert acl.index("user gateway") < acl.index("topic read")
+def test_dynsec_rules_and_config_checks(tmp_path):
+    import json
+
+    from provisioning.broker_config import (
+        DYNSEC_FILE,
+        MAX_PACKET_BYTES,
+        dynsec_config,
+        find_dynsec_plugin,
+        gateway_filters,
+    )
+
+    identities = pki.BrokerIdentities(devices=(DEV_A,), gateways=("gateway", "gateway-2"),
+                                      technicians=("tech-alice",))
+    rules = dynsec_config(CENTRE, identities, share_groups=("ingest-b",))
+    assert rules["defaultACLAccess"] == {"publishClientSend": False,
+                                         "publishClientReceive": False, "subscribe": False,
+                                         "unsubscribe": True}
+    roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]}
+             for r in rules["roles"]}
+    gate = roles[f"gate:{DEV_A}"]
+    assert gate == {*(("publishClientSend", f"gerbang/v1/c01/{DEV_A}/{leaf}")
+                      for leaf in wire.DEVICE_PUBLISH_LEAVES),
+                    ("subscribeLiteral", f"gerbang/v1/c01/{DEV_A}/cmd/+"),
+                    ("publishClientReceive", f"gerbang/v1/c01/{DEV_A}/cmd/+")}
+    assert ("subscribeLiteral", "$share/ingest-b/gerbang/v1/c01/+/events") in roles["gateway"]
+    assert ("subscribeLiteral", "$share/gerbang-ingest/gerbang/v1/c01/+/cmd_ack") in \
+        roles["gateway"]
+    assert ("subscribeLiteral", "gerbang/v1/c01/#") not in roles["gateway"]
+    assert {t for kind, t in roles["gateway"] if kind == "subscribeLiteral"} == \
+        set(gateway_filters(CENTRE, ("ingest-b",)))
+    assert ("publishClientSend", "gerbang/v1/c01/+/cmd/unlock") not in roles["technician"]
+    assert {(c["username"], c["roles"][0]["rolename"]) for c in rules["clients"]} == {
+        (DEV_A, f"gate:{DEV_A}"), ("gateway", "gateway"), ("gateway-2", "gateway"),
+        ("tech-alice", "technician")}
+    assert not any("password" in c for c in rules["clients"])  # certificate only
+    assert not any("$CONTROL" in a["topic"] for r in rules["roles"] for a in r["acls"])
     with pytest.raises(pki.PKIError, match="not a valid id"):
-        acl_text("c01/#")
+        dynsec_config("c01/#", identities)
+    with pytest.raises(pki.PKIError, match="share group"):
+        dynsec_config(CENTRE, identities, share_groups=("a/b",))
+    with pytest.raises(pki.PKIError, match="not a device identity"):
+        pki.BrokerIdentities(devices=("gateway-3",))
+
     ca = pki.create_centre_ca(CENTRE, tmp_path / "ca")
     other = pki.create_centre_ca(CENTRE, tmp_path / "other")
     foreign = pki.issue_server_cert(other, ["localhost"], tmp_path / "foreign")
@@ -531,3 +576,19 @@ def test_acl_text_and_config_checks(tmp_path):
     with pytest.raises(pki.PKIError, match="is not the key of"):
         write_mosquitto_tls_config(tmp_path / "b", CENTRE, ca.directory, mine.cert_path,
                                    foreign.key_path, 8883)
+    with pytest.raises(pki.PKIError, match=r"--dynsec-plugin: .*none\.so does not exist"):
+        find_dynsec_plugin(tmp_path / "none.so")
+    assert find_dynsec_plugin().name == "mosquitto_dynamic_security.so"
+    # Identities come from what the CA issued and has not revoked; no acl_file any more.
+    pki.issue_client_cert(ca, "gateway", tmp_path / "gw")
+    gone = pki.issue_client_cert(ca, "tech-bob", tmp_path / "tech")
+    pki.revoke(ca, gone.cert)
+    written = write_mosquitto_tls_config(tmp_path / "b", CENTRE, ca.directory, mine.cert_path,
+                                         mine.key_path, 8883)
+    conf = written.config_path.read_text()
+    assert "\nacl_file " not in conf and f"plugin_opt_config_file {written.dynsec_path}" in conf
+    assert f"\nplugin {written.plugin_path}\n" in conf
+    assert f"\nmax_packet_size {MAX_PACKET_BYTES}\n" in conf
+    assert written.dynsec_path.name == DYNSEC_FILE
+    users = {c["username"] for c in json.loads(written.dynsec_path.read_text())["clients"]}
+    assert users == {"gateway"}

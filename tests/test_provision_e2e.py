@@ -207,7 +207,7 @@ def test_the_broker_refuses_impersonation_and_clients_without_certificate(centre
     anonymous = Probe(env, None)
     try:
         assert gateway.connect() and gate_a.connect()
-        gateway.subscribe(f"gerbang/v1/{CENTRE}/#")
+        gateway.subscribe_as_ingest()
         forged = wire.events_topic(CENTRE, "c01-r02-a")
         assert gate_a.publish(forged, event_payload("c01-r02-a", 99)).value == NOT_AUTHORIZED
         marker = wire.events_topic(CENTRE, "c01-r01-a")
@@ -452,6 +452,8 @@ def test_device_add_twice_and_broker_config_for_another_host(small_centre, tmp_p
     assert "cafile /etc/mosquitto/gerbang/certs/ca.pem" in conf
     assert "keyfile /etc/mosquitto/gerbang/certs/broker.key" in conf
     assert "persistence_location /var/lib/mosquitto/" in conf and str(tmp_path) not in conf
+    assert "plugin_opt_config_file /etc/mosquitto/gerbang/dynamic-security.json" in conf
+    assert "mosquitto_dynamic_security.so" in (tmp_path / "b" / "INSTALL.txt").read_text()
     assert "ExecStart=/usr/sbin/mosquitto -c /etc/mosquitto/gerbang/mosquitto.conf" in \
         (tmp_path / "b" / "mosquitto-override.conf").read_text()
     assert ((tmp_path / "b" / "certs" / "broker.key").stat().st_mode & 0o777) == 0o600
@@ -472,7 +474,8 @@ def test_ca_key_with_a_passphrase(tmp_path, monkeypatch, capsys):
 def test_every_command_has_a_manual_page(capsys):
     for argv in (["--help"], ["ca", "create", "--help"], ["ca", "status", "--help"],
                  ["device", "add", "--help"], ["device", "csr-command", "--help"],
-                 ["gateway-cert", "--help"], ["revoke", "--help"], ["broker-config", "--help"],
+                 ["gateway-cert", "--help"], ["technician-cert", "--help"], ["revoke", "--help"],
+                 ["broker-config", "--help"],
                  ["bundle", "--help"], ["install", "--help"]):
         with pytest.raises(SystemExit) as exited:
             provision(argv)
@@ -520,3 +523,120 @@ def test_broker_tls_fields_are_checked_at_start(tmp_path):
                              "capture": {"path": "x"},
                              "broker": {"ca_file": str(ca.cert_path),
                                         "cert_file": str(client.cert_path)}})
+
+
+# ---------------------------------------------------------------------------------------------
+# identities and the broker's rules (issue 14), no broker
+
+
+def _rules(broker_dir: Path) -> dict[str, set[str]]:
+    """dynamic-security.json's clients by role kind."""
+    data = json.loads((broker_dir / "dynamic-security.json").read_text())
+    found: dict[str, set[str]] = {"gate": set(), "gateway": set(), "technician": set()}
+    for client in data["clients"]:
+        role = client["roles"][0]["rolename"]
+        found["gate" if role.startswith("gate:") else role].add(client["username"])
+    return found
+
+
+def test_every_identity_change_rewrites_the_broker_rules(small_centre, tmp_path, capsys):
+    broker_dir = tmp_path / "broker"
+    out = run_cli("broker-config", "--centre-dir", small_centre, "--out", broker_dir,
+                  "--share-group", "ingest-b")
+    assert "dynamic-security.json" in out and "ingest-b" in out
+    assert not (broker_dir / "acl").exists()
+    assert _rules(broker_dir) == {"gate": {"c01-r01-a"}, "gateway": set(), "technician": set()}
+    out = run_cli("device", "add", "c01-r02-a", "--room", "R02", "--centre-dir", small_centre)
+    assert f"broker rules updated: {broker_dir.resolve() / 'dynamic-security.json'}" in out
+    assert "restart the broker" in out
+    out = run_cli("gateway-cert", "--workers", "3", "--centre-dir", small_centre)
+    assert all(f"CN {cn}" in out for cn in ("gateway", "gateway-2", "gateway-3"))
+    assert "ingest_workers = 3" in (small_centre / "gateway" / "broker.toml").read_text()
+    out = run_cli("technician-cert", "budi", "--centre-dir", small_centre)
+    assert "[broker]" in out and "--cert-file" in out and "tech-budi.pem" in out
+    snippet = tomllib.loads((small_centre / "technicians" / "tech-budi.broker.toml").read_text())
+    assert snippet["broker"]["cert_file"].endswith("technicians/tech-budi.pem")
+    assert _rules(broker_dir) == {"gate": {"c01-r01-a", "c01-r02-a"},
+                                  "gateway": {"gateway", "gateway-2", "gateway-3"},
+                                  "technician": {"tech-budi"}}
+    rules = json.loads((broker_dir / "dynamic-security.json").read_text())
+    gateway_topics = {a["topic"] for r in rules["roles"] if r["rolename"] == "gateway"
+                      for a in r["acls"]}
+    assert "$share/ingest-b/gerbang/v1/c01/+/events" in gateway_topics  # the group was kept
+    out = run_cli("revoke", "c01-r01-a", "--centre-dir", small_centre)
+    assert "dynamic-security.json" in out
+    assert _rules(broker_dir)["gate"] == {"c01-r02-a"}
+    # More workers later keep the existing ones; nothing new to make is refused.
+    first = pki.load_certificate(small_centre / "gateway" / "gateway.pem").serial_number
+    run_cli("gateway-cert", "--workers", "4", "--centre-dir", small_centre)
+    assert pki.load_certificate(small_centre / "gateway" / "gateway.pem").serial_number == first
+    assert provision(["gateway-cert", "--workers", "4", "--centre-dir", str(small_centre)]) == 2
+    assert "--replace" in capsys.readouterr().err
+    assert provision(["technician-cert", "budi", "--centre-dir", str(small_centre)]) == 2
+    assert "--replace" in capsys.readouterr().err
+    out = run_cli("ca", "status", "--centre-dir", small_centre, "--json")
+    kinds = {row["name"]: row["kind"] for row in json.loads(out)["certificates"]}
+    assert kinds["gateway-2"] == "gateway" and kinds["tech-budi"] == "tech"
+
+
+def test_device_ids_of_the_gateway_and_technicians_are_refused(small_centre, capsys):
+    for device in ("gateway", "gateway-2", "tech-budi", "Gateway"):
+        assert provision(["device", "add", device, "--room", "R01",
+                          "--centre-dir", str(small_centre)]) == 2
+        assert "reserved" in capsys.readouterr().err, device
+
+
+def test_a_push_refuses_the_gateways_and_a_gates_certificate_before_connecting(
+        small_centre, tmp_path, capsys):
+    run_cli("gateway-cert", "--workers", "2", "--centre-dir", small_centre)
+    signed = tmp_path / "R01.roster.signed"
+    signed.write_bytes(b"x")
+    gw, gate = small_centre / "gateway", small_centre / "devices" / "c01-r01-a" / "tls"
+    port = str(free_port())  # nothing listens: a refused identity never gets that far
+    for cert, key, says in ((gw / "gateway.pem", gw / "gateway.key", "CN gateway)"),
+                            (gw / "gateway-2.pem", gw / "gateway-2.key", "CN gateway-2)"),
+                            (gate / "c01-r01-a.pem", gate / "c01-r01-a.key", "'c01-r01-a'")):
+        code = provision(["roster-push", str(signed), "--centre", CENTRE, "--device",
+                          "c01-r01-a", "--broker-port", port, "--ca-file",
+                          str(small_centre / "ca" / "ca.pem"), "--cert-file", str(cert),
+                          "--key-file", str(key)])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "technician-cert" in err, err
+        assert "connection refused" not in err.lower()
+
+
+def test_provisioning_writes_no_group_or_world_writable_file_under_umask_000(tmp_path):
+    """Every file and folder the technician's commands write has an explicit mode: nothing is
+    writable by group or others even with umask 000, and every private key is 0600."""
+    cdir, broker, remote = tmp_path / "c01", tmp_path / "broker", tmp_path / "broker-remote"
+    steps = [
+        ["ca", "create", "--centre", CENTRE, "--broker-host", "broker.c01.lan"],
+        ["device", "add", "c01-r01-a", "--room", "R01"],
+        ["gateway-cert", "--workers", "2"],
+        ["technician-cert", "budi"],
+        ["broker-config", "--out", str(broker)],
+        ["broker-config", "--out", str(remote), "--install-dir", "/etc/mosquitto/gerbang"],
+        ["device", "add", "c01-r02-a", "--room", "R02"],
+        ["bundle", "c01-r01-a", "--session", "S1", "--tar"],
+        ["revoke", "c01-r02-a"],
+        ["roster-key", "create", "--centre", CENTRE, "--keys", str(tmp_path / "keys" / "c01")],
+    ]
+    script = "umask 000\n" + "\n".join(
+        shlex.join([sys.executable, "-m", "provisioning.cli", *step,
+                    *([] if step[0] == "roster-key" else ["--centre-dir", str(cdir)])])
+        + " >/dev/null || exit 1" for step in steps)
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loose, keys = [], []
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o022:
+            loose.append(f"{path.relative_to(tmp_path)} {mode:o}")
+        if path.is_file() and path.suffix == ".key":
+            keys.append((path.relative_to(tmp_path).as_posix(), mode))
+    assert loose == [], loose
+    assert keys and all(mode == 0o600 for _, mode in keys), keys
+    assert {"c01/ca/ca.key", "c01/gateway/gateway-2.key", "c01/technicians/tech-budi.key",
+            "broker/certs/broker.key"} <= {k for k, _ in keys}
+    assert (cdir / "ca").stat().st_mode & 0o777 == 0o700
+    assert (broker / "dynamic-security.json").stat().st_mode & 0o777 == 0o644
