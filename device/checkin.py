@@ -177,7 +177,7 @@ class CheckinLoop:
                 outcome=decision.outcome, reason=decision.reason,
                 applicant_id=decision.applicant_id, score=decision.score,
                 latency_ms=decision.latency_ms, frame_ref=decision.frame_ref,
-                card_id=decision.card_id, mode=decision.mode)
+                card_id=decision.card_id, mode=decision.mode, stream=self.outbox.stream)
             return wire.events_topic(ident.centre, ident.device_id), event.to_json()
 
         # Every decision is kept whatever the disk bound: the door depends on a record. Only a

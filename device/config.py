@@ -302,10 +302,16 @@ class DeviceConfig:
     #: weeks of a busy gate with no network. At 80 % an ``outbox_near_full`` alarm goes out;
     #: at the bound frames without a face are no longer stored; decisions always are.
     outbox_max_events: int = 200_000
+    #: How long events the broker acknowledged stay in the outbox (at most
+    #: ``outbox_max_events`` of them), so the gateway can ask for a range again (``resend``)
+    #: when it sees a gap. 0 keeps none; at most a week.
+    outbox_keep_acked_s: float = 86_400.0
 
     def __post_init__(self) -> None:
-        require(self.outbox_max_events >= 100, "outbox_max_events",
-                f"must be >= 100, got {self.outbox_max_events}")
+        require(100 <= self.outbox_max_events <= 2_000_000, "outbox_max_events",
+                f"must be 100..2000000, got {self.outbox_max_events}")
+        require(0 <= self.outbox_keep_acked_s <= 604_800, "outbox_keep_acked_s",
+                f"must be 0..604800 seconds (a week), got {self.outbox_keep_acked_s}")
 
     @property
     def roster_path(self) -> Path:

@@ -185,7 +185,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         return CommandHandler(ident.session, ident.data_dir, door.grant,
                               loop_ref[0].record_alarm,
                               rosters.push_handler(loop_ref[0].use_roster),
-                              model_update.push_handler(config)).handle(name, payload)
+                              model_update.push_handler(config),
+                              resend=uplink.resend).handle(name, payload)
 
     def telemetry() -> dict[str, Any]:
         loop = loop_ref[0] if loop_ref else None
