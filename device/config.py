@@ -337,7 +337,9 @@ class DeviceConfig:
     @property
     def outbox_path(self) -> Path:
         """Where the SQLite outbox lives."""
-        return self.gate.data_dir / "outbox.sqlite"
+        from device.outbox import OUTBOX_FILE
+
+        return self.gate.data_dir / OUTBOX_FILE
 
 
 def load_device_config(path: Path) -> DeviceConfig:

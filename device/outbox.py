@@ -53,6 +53,17 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS outbox_queued ON outbox(seq) WHERE queued = 1;
 CREATE INDEX IF NOT EXISTS outbox_acked ON outbox(acked) WHERE acked IS NOT NULL;
 """
+#: The outbox's file name inside the gate's data directory.
+OUTBOX_FILE = "outbox.sqlite"
+#: High-water mark names (``Outbox.high_water``).
+MODELS_HIGH_WATER = "models"
+
+
+def roster_high_water(session: str, room: str) -> str:
+    """The high-water mark name of the roster of one session and room."""
+    return f"roster:{session}/{room}"
+
+
 #: Whether the near-full alarm may fire: kept in the database, so that of the gate's processes
 #: appending to one outbox exactly one raises it (set when the backlog falls below REARM).
 _ARMED = "near_full_armed"
