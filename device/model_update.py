@@ -401,7 +401,10 @@ def models_high_water(data_dir: Path) -> str | None:
     deleting ``state.json`` cannot roll the gate back."""
     from device.outbox import MODELS_HIGH_WATER, OUTBOX_FILE, Outbox
 
-    outbox = Outbox(Path(data_dir) / OUTBOX_FILE)
+    path = Path(data_dir) / OUTBOX_FILE
+    if not path.exists():  # no outbox yet: nothing ran here (reading must not create it)
+        return None
+    outbox = Outbox(path)
     try:
         return outbox.high_water(MODELS_HIGH_WATER)
     finally:

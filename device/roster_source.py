@@ -52,6 +52,8 @@ class RosterSource:
         """The newest roster version this gate installed for its session and room, kept in
         the outbox database (not beside the template file, whose deletion must not reset it)."""
         ident = self.config.gate
+        if not self.config.outbox_path.exists():  # reading must not create the outbox
+            return None
         outbox = Outbox(self.config.outbox_path)
         try:
             value = outbox.high_water(roster_high_water(ident.session, ident.room))
