@@ -14,7 +14,7 @@ def record_alarm(outbox: Outbox, identity: GateIdentity, alarm: str,
     def build(seq: int) -> tuple[str, bytes]:
         message = wire.AlarmEvent(alarm_id=wire.new_event_id(), device_id=identity.device_id,
                                   centre=identity.centre, seq=seq, ts=wire.utc_now_iso(),
-                                  alarm=alarm, detail=detail)
+                                  alarm=alarm, detail=detail, stream=outbox.stream)
         return wire.alarms_topic(identity.centre, identity.device_id), message.to_json()
 
     return outbox.append(build)
@@ -32,5 +32,5 @@ def open_outbox(config: DeviceConfig) -> Outbox:
                      "check the gate's network; frames without a face are dropped at the bound")
 
     outbox = Outbox(config.outbox_path, max_events=config.outbox_max_events,
-                    on_near_full=near_full)
+                    on_near_full=near_full, keep_acked_s=config.outbox_keep_acked_s)
     return outbox

@@ -10,7 +10,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,11 @@ class MatchPolicy:
 
     threshold: float
     require_card: bool = False
+    #: The score kind ``threshold`` is for, and how to get the threshold of another kind (a
+    #: pushed roster with a session cohort switches cosine to T-norm scores, whose scale
+    #: differs): ``device.service.threshold_for``. None: the threshold fits every roster.
+    score_kind: str | None = None
+    threshold_for: Callable[[str], float] | None = None
 
 
 class CheckinLoop:
@@ -69,8 +74,8 @@ class CheckinLoop:
                  read_cards: bool = True, liveness: LivenessGate | None = None,
                  screen: Screen | None = None) -> None:
         self.pipeline = pipeline
-        self.use_roster(roster)
         self.policy = policy
+        self.use_roster(roster)
         self.quality = quality
         self.door = door
         self.outbox = outbox
@@ -100,7 +105,20 @@ class CheckinLoop:
         one while the gate runs; one assignment, so a frame sees the old or the new one whole).
         """
         gallery = roster.gallery()
-        self._matching = (roster, gallery, {a: i for i, a in enumerate(gallery.ids)})
+        policy = self.policy
+        if (policy.threshold_for is not None and policy.score_kind is not None
+                and gallery.score_kind != policy.score_kind):
+            # Raises (ConfigError naming match.threshold) rather than judge T-norm scores
+            # against a cosine threshold, which would admit strangers.
+            threshold = policy.threshold_for(gallery.score_kind)
+            log.warning("roster v%d gives %s scores (was %s): threshold %.4f → %.4f",
+                        roster.version, gallery.score_kind, policy.score_kind,
+                        policy.threshold, threshold)
+            self.policy = replace(policy, threshold=threshold, score_kind=gallery.score_kind)
+        # One assignment, threshold included: a frame never sees a gallery with the threshold
+        # of another score kind.
+        self._matching = (roster, gallery, {a: i for i, a in enumerate(gallery.ids)},
+                          self.policy.threshold)
         log.info("matching against roster v%d (%d applicants)", roster.version,
                  len(roster.entries))
 
@@ -111,7 +129,7 @@ class CheckinLoop:
 
     def decide(self, frame: Frame) -> Decision | None:
         """Judge one frame."""
-        _, gallery, index = self._matching
+        _, gallery, index, threshold = self._matching
         try:
             card = read_card(frame.image) if self.read_cards else None
             reading = self.pipeline.read(frame.image)
@@ -129,7 +147,6 @@ class CheckinLoop:
             return self._decision(frame, "refused", problem, card_id=card_id)
         assert reading.embedding is not None
         scores = gallery.scores(reading.embedding)
-        threshold = self.policy.threshold
         best = int(np.argmax(scores)) if len(scores) else None
         if card_id is not None:
             claimed = index.get(card_id)
@@ -177,7 +194,7 @@ class CheckinLoop:
                 outcome=decision.outcome, reason=decision.reason,
                 applicant_id=decision.applicant_id, score=decision.score,
                 latency_ms=decision.latency_ms, frame_ref=decision.frame_ref,
-                card_id=decision.card_id, mode=decision.mode)
+                card_id=decision.card_id, mode=decision.mode, stream=self.outbox.stream)
             return wire.events_topic(ident.centre, ident.device_id), event.to_json()
 
         # Every decision is kept whatever the disk bound: the door depends on a record. Only a

@@ -13,10 +13,17 @@ on ``cmd_ack`` with ``ok`` or a reason that names the bad field.
                    offset; ``"force": true`` allows a downgrade or a new embedder): signature,
                    every file's sha256, version, then a self-check; used from the next start of
                    the service, rolled back if it does not start (``device.model_update``)
-``config``         apply a new versioned ``device.toml`` (``{"version": N, "config": TOML}``):
+``config``         apply a new versioned ``device.toml``: signed by the centre's key
+                   (``{"signed_config_b64": …}``), or unsigned (``{"version": N, "config":
+                   TOML}``) when it changes only harmless keys (``device.config_keys``);
                    refused unless newer than the reported version, valid as a whole and with
-                   the same certificate-bound identity; swapped in atomically, then the
-                   service's workers restart with it (``device.config_push``)
+                   the same local-only keys (identity, data folder, key files); swapped in
+                   atomically, then the service's workers restart with it
+                   (``device.config_push``)
+``resend``         publish again the kept outbox rows ``from_seq..to_seq`` of ``stream``
+                   (``{"stream", "from_seq", "to_seq"}``, at most ``wire.RESEND_MAX_SPAN``):
+                   answered "re-sending N of M (seq A..B); K no longer kept"
+                   (``device.uplink.Uplink.resend``)
 ``ping``           answer, to check the command path end to end
 =================  ==========================================================================
 
@@ -85,7 +92,8 @@ class CommandHandler:
                  record_alarm: Callable[[str, str | None], Any],
                  install_roster: Callable[[dict[str, Any]], str] | None = None,
                  install_models: Callable[[dict[str, Any]], str] | None = None,
-                 apply_config: Callable[[dict[str, Any]], str] | None = None) -> None:
+                 apply_config: Callable[[dict[str, Any]], str] | None = None,
+                 resend: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.session = session
         self.data_dir = data_dir
         self.grant = grant
@@ -93,6 +101,7 @@ class CommandHandler:
         self.install_roster = install_roster
         self.install_models = install_models
         self.apply_config = apply_config
+        self.resend = resend
 
     def _cmd_roster(self, body: dict[str, Any]) -> str:
         if self.install_roster is None:
@@ -108,6 +117,11 @@ class CommandHandler:
         if self.apply_config is None:
             raise CommandError("config: this gate takes no pushed config")
         return self.apply_config(body)
+
+    def _cmd_resend(self, body: dict[str, Any]) -> str:
+        if self.resend is None:
+            raise CommandError("resend: this gate keeps no outbox to re-send from")
+        return self.resend(body)
 
     def handle(self, name: str, payload: bytes) -> CommandResult:
         """Run command ``name``; never raises (the reason goes back to the gateway)."""
@@ -128,7 +142,8 @@ class CommandHandler:
             handler = getattr(self, f"_cmd_{name}", None) if name.isidentifier() else None
             if handler is None:
                 raise CommandError(f"command: unknown {name[:40]!r} (known: unlock, "
-                                   "roster, models, config, session_close, wipe, ping)")
+                                   "roster, models, config, resend, session_close, wipe, "
+                                   "ping)")
             detail = handler(body)
             log.info("command %s done: %s", name, detail)
             return CommandResult(name, True, detail, command_id)

@@ -81,6 +81,8 @@ class CaptureConfig:
         require(self.source != "replay" or self.path is not None, "path",
                 "required for source = 'replay' (a folder, a .txt playlist or a video)")
         require(0 <= self.fps <= 120, "fps", f"must be 0..120, got {self.fps}")
+        require(self.device.startswith("/dev/") and len(self.device) <= 64, "device",
+                f"must be a device node under /dev/, got {self.device!r}")
 
 
 @dataclass
@@ -117,8 +119,13 @@ class MatchConfig:
     def __post_init__(self) -> None:
         require(self.target_far in (1e-2, 1e-3, 1e-4), "target_far",
                 f"must be one of the calibrated rates 1e-2, 1e-3, 1e-4, got {self.target_far}")
-        require(self.threshold is None or -10 < self.threshold < 20, "threshold",
-                f"out of range: {self.threshold}")
+        # The scale depends on the score kind, known only once the roster and the bundle are
+        # loaded: there the override must not be looser than the bundle's calibrated
+        # threshold at FAR 1e-2 (check_threshold, called by device.service.load_judge). Here
+        # only what no score kind allows: a threshold <= 0 admits about half of all strangers.
+        require(self.threshold is None or 0 < self.threshold < 20, "threshold",
+                f"must be in (0, 20) (and not looser than the model bundle's calibrated "
+                f"threshold at FAR 1e-2, checked at start), got {self.threshold}")
 
 
 #: BCM pins 2 and 3 carry the Pi's fixed 1.8 kΩ pull-ups (I²C); 0 and 1 belong to the HAT
@@ -302,10 +309,20 @@ class DeviceConfig:
     #: weeks of a busy gate with no network. At 80 % an ``outbox_near_full`` alarm goes out;
     #: at the bound frames without a face are no longer stored; decisions always are.
     outbox_max_events: int = 200_000
+    #: How long events the broker acknowledged stay in the outbox (at most
+    #: ``outbox_max_events`` of them), so the gateway can ask for a range again (``resend``)
+    #: when it sees a gap. 0 keeps none; at most a week.
+    outbox_keep_acked_s: float = 86_400.0
 
     def __post_init__(self) -> None:
-        require(self.outbox_max_events >= 100, "outbox_max_events",
-                f"must be >= 100, got {self.outbox_max_events}")
+        require(0.2 <= self.telemetry_interval_s <= 3600, "telemetry_interval_s",
+                f"must be 0.2..3600 seconds, got {self.telemetry_interval_s}")
+        require(0 <= self.drain_timeout_s <= 3600, "drain_timeout_s",
+                f"must be 0..3600 seconds, got {self.drain_timeout_s}")
+        require(100 <= self.outbox_max_events <= 2_000_000, "outbox_max_events",
+                f"must be 100..2000000, got {self.outbox_max_events}")
+        require(0 <= self.outbox_keep_acked_s <= 604_800, "outbox_keep_acked_s",
+                f"must be 0..604800 seconds (a week), got {self.outbox_keep_acked_s}")
 
     @property
     def roster_path(self) -> Path:
@@ -320,7 +337,9 @@ class DeviceConfig:
     @property
     def outbox_path(self) -> Path:
         """Where the SQLite outbox lives."""
-        return self.gate.data_dir / "outbox.sqlite"
+        from device.outbox import OUTBOX_FILE
+
+        return self.gate.data_dir / OUTBOX_FILE
 
 
 def load_device_config(path: Path) -> DeviceConfig:
@@ -333,3 +352,29 @@ def parse_device_config(data: dict[str, Any]) -> DeviceConfig:
     if "gate" not in data:
         raise ConfigError("gate: missing (required table with device_id, centre, room, session)")
     return load_section(DeviceConfig, data)
+
+
+#: The loosest false-accept rate a threshold override may be set to (``check_threshold``).
+LOOSEST_FAR = 1e-2
+#: Scores cannot exceed this per kind (a cosine is at most 1), so a threshold above it would
+#: refuse everyone: a config error, not a setting.
+SCORE_CEILING = {"cosine": 1.0, "tnorm": 20.0}
+
+
+def check_threshold(threshold: float, score_kind: str, floor: float | None) -> None:
+    """Refuse a ``match.threshold`` override that could admit strangers: looser than the model
+    bundle's calibrated threshold at FAR 1e-2 (``floor``, for the score kind the roster gives)
+    or above what that kind of score can reach. ConfigError names the field."""
+    if floor is None:
+        raise ConfigError(f"match.threshold: the model bundle has no calibrated {score_kind} "
+                          f"threshold at FAR {LOOSEST_FAR:g} to check the override "
+                          f"{threshold} against; remove the override (the threshold then "
+                          "comes from the calibration) or calibrate the bundle")
+    require(threshold >= floor, "match.threshold",
+            f"{threshold} is looser than the model bundle's calibrated {score_kind} threshold "
+            f"{floor:.4f} at FAR {LOOSEST_FAR:g} (more than 1 stranger in 100 would match); "
+            "use target_far instead, or a threshold at least that high")
+    ceiling = SCORE_CEILING.get(score_kind, 20.0)
+    require(threshold < ceiling, "match.threshold",
+            f"{threshold} is above what {score_kind} scores reach ({ceiling:g}): nobody would "
+            f"match; is it a threshold for the other score kind?")

@@ -1,24 +1,37 @@
 """Versioned configuration pushed from the gateway (the ``config`` command).
 
 The technician (``gerbang-provision config-push``) sends a gate its *whole* ``device.toml`` with
-a version number: ``{"version": N, "config": "<TOML text>"}``. That pair is the **desired**
-config. The gate checks it completely before touching anything, then swaps the file in one
-rename, records what it now runs and restarts its workers with it. What it runs is the
-**reported** config, ``{"version", "sha256", "applied_at"}``: acknowledged on ``cmd_ack`` and
-repeated in the gate's retained birth message, so the gateway can tell a gate that has the
-desired config from one that is behind, offline, or edited by hand.
+a version number, in one of two forms:
+
+* **signed** ``{"signed_config_b64": …}``: the file signed with the centre's roster-signing key
+  for this gate (``device.signed_config``; the version is the signed header's). It may change
+  every key but the local-only ones.
+* **unsigned** ``{"version": N, "config": "<TOML text>"}``: it may change only the *harmless*
+  keys (``device.config_keys.HARMLESS_KEYS``: telemetry interval, drain timeout, inference
+  threads, screen timings, camera freeze time). A gate without ``[keys]`` takes only these.
+
+Which keys differ is decided on the *effective* configs (defaults applied), so writing a default
+out is not a change. That pair (version, file) is the **desired** config. The gate checks it
+completely before touching anything, then swaps the file in one rename, records what it now
+runs and restarts its workers with it. What it runs is the **reported** config, ``{"version",
+"sha256", "applied_at", "signed"}``: acknowledged on ``cmd_ack`` and repeated in the gate's
+retained birth message, so the gateway can tell a gate that has the desired config from one
+that is behind, offline, or edited by hand.
 
 Refused, with a message naming the field, and with nothing on disk changed:
 
 * ``version`` missing, not an integer ≥ 1, or not newer than the reported version (a delayed or
   replayed push must never roll a gate back);
 * ``config`` missing, not TOML, or not a valid device config (the same loader the service uses
-  at start, so the message is the one ``gerbang-device run`` would print);
-* a change of ``gate.device_id`` or ``gate.centre``: the gate's certificate (CN = device id,
-  OU = centre) and the broker's ACL are bound to them, so a changed value would lock the gate
-  out of its own topics; re-provision instead;
-* a change of ``gate.data_dir``: the outbox, the stored templates and this module's state live
-  there, so moving it would strand unsent events and forget the reported version.
+  at start, so the message is the one ``gerbang-device run`` would print; every value is
+  bounded there);
+* a signed config that does not verify, or is for another centre or gate;
+* an unsigned config that changes a signed key (the refusal names the first one and says how
+  to sign the push);
+* any change of a local-only key (``device.config_keys.LOCAL_KEYS``): ``gate.device_id`` and
+  ``gate.centre`` (the gate's certificate and the broker's ACL are bound to them),
+  ``gate.data_dir`` (the outbox, the templates and this module's state live there), ``[keys]``
+  and the broker's TLS files and credentials (whom the gate trusts); re-provision instead.
 
 On disk::
 
@@ -33,6 +46,8 @@ acknowledged again as applied, without a second restart.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -43,7 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from device.commands import CommandError
-from device.config import parse_device_config
+from device.config import DeviceConfig, load_device_config, parse_device_config
+from device.config_keys import HARMLESS_KEYS, LOCAL, LOCAL_KEYS, SIGNED, changed_keys, classify
 from gerbang import wire
 from gerbang.config import ConfigError
 from gerbang.files import write_atomic
@@ -53,8 +69,9 @@ log = logging.getLogger(__name__)
 STATE_FILE = "config_state.json"
 #: A device.toml is a few kilobytes; anything far larger is not one.
 MAX_CONFIG_CHARS = 64 * 1024
-#: ``[gate]`` keys a push may not change (see the module docstring for why).
-PINNED_GATE_KEYS = ("device_id", "centre")
+#: How a technician signs a push (named in refusals).
+SIGN_HINT = ("`gerbang-provision config-push --keys DIR` (signed with the centre's roster "
+             "key)")
 
 # Commands run one at a time on the uplink's command thread; the lock makes that a guarantee
 # even if the service ever builds a second handler, since the state it protects is on disk.
@@ -112,7 +129,8 @@ def reported_config(data_dir: Path, config_path: Path | None = None) -> dict[str
     report: dict[str, Any] = {
         "version": state["version"] if state else 0,
         "sha256": state["sha256"] if state else None,
-        "applied_at": state.get("applied_at") if state else None}
+        "applied_at": state.get("applied_at") if state else None,
+        "signed": bool(state.get("signed", False)) if state else False}
     if config_path is not None:
         try:
             actual = _sha256(config_path.read_bytes())
@@ -144,25 +162,80 @@ def _config_text(body: dict[str, Any]) -> str:
     return text
 
 
-def _pinned_gate(config_path: Path) -> dict[str, Any]:
-    """The running config's ``[gate]`` table, read raw (only the pinned keys are compared)."""
+def _current_config(config_path: Path) -> DeviceConfig:
+    """The gate's own config file as the service would load it (what a push is compared with,
+    and where the key that checks a signed push is named)."""
     try:
-        gate = tomllib.loads(config_path.read_text("utf-8")).get("gate")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CommandError(f"config: this gate's own config {config_path} cannot be read to "
-                           f"compare its identity ({exc})") from None
-    if not isinstance(gate, dict):
-        raise CommandError(f"config: this gate's own config {config_path} has no [gate] table")
-    return gate
+        return load_device_config(config_path)
+    except ConfigError as exc:
+        raise CommandError(f"config: this gate's own config {config_path} does not load "
+                           f"({exc}), so a push cannot be compared with it; fix it on the "
+                           "gate") from None
+
+
+def _signed_text(body: dict[str, Any], current: DeviceConfig) -> tuple[int, str]:
+    """(version, TOML text) of a signed push, verified against this gate's key and identity."""
+    from device.roster import RosterError
+    from device.roster_file import load_roster_public_key
+    from device.signed_config import ConfigRefused, verify_signed_config
+
+    encoded = body.get("signed_config_b64")
+    if not isinstance(encoded, str):
+        raise CommandError("signed_config_b64: the signed config in base64")
+    if current.keys.roster_public_key is None:
+        raise CommandError("signed_config_b64: this gate has no [keys] roster_public_key to "
+                           "check a signed config; it takes unsigned changes of harmless keys "
+                           f"only ({', '.join(HARMLESS_KEYS)})")
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error):
+        raise CommandError("signed_config_b64: not valid base64") from None
+    try:
+        public_key = load_roster_public_key(current.keys.roster_public_key)
+        header, toml_bytes = verify_signed_config(
+            blob, public_key=public_key, centre=current.gate.centre,
+            device_id=current.gate.device_id)
+    except (RosterError, ConfigRefused) as exc:
+        raise CommandError(f"config: {exc}") from None
+    try:
+        text = toml_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError("config: the signed config is not UTF-8 text") from None
+    if len(text) > MAX_CONFIG_CHARS:
+        raise CommandError(f"config: longer than {MAX_CONFIG_CHARS} characters")
+    return header.version, text
+
+
+def check_changes(current: DeviceConfig, new: DeviceConfig, signed: bool) -> list[str]:
+    """The keys the push changes; CommandError naming the first one it may not change."""
+    changed = changed_keys(current, new)
+    for key in changed:
+        if classify(key) == LOCAL:
+            raise CommandError(
+                f"config: {key}: differs from this gate's, and it is local only "
+                f"({LOCAL_KEYS.get(key, 'not classified')}): no push may change it, signed or "
+                "not; change it on the gate by re-provisioning it")
+    if not signed:
+        protected = [key for key in changed if classify(key) == SIGNED]
+        if protected:
+            more = f" (also {', '.join(protected[1:4])}{' …' if len(protected) > 4 else ''})" \
+                if len(protected) > 1 else ""
+            raise CommandError(
+                f"config: {protected[0]}: decides who enters or whom the gate trusts, so an "
+                f"unsigned push may not change it{more}; send it signed with {SIGN_HINT}. "
+                f"Unsigned pushes may change only: {', '.join(HARMLESS_KEYS)}")
+    return changed
 
 
 def config_push_handler(config_path: Path, data_dir: Path,
                         restart: Callable[[], None]) -> Callable[[dict[str, Any]], str]:
-    """The ``config`` command: ``{"version": N, "config": "<TOML>"}`` → check, swap, restart.
+    """The ``config`` command: ``{"signed_config_b64": …}`` or ``{"version": N, "config":
+    "<TOML>"}`` → check, swap, restart.
 
-    ``config_path`` is the file the service was started with, ``data_dir`` the running
-    ``[gate] data_dir`` (where the reported state is kept). ``restart`` is called once the new
-    file and state are on disk; it must only *ask* for the restart and return, because the
+    ``config_path`` is the file the service was started with (what a push is compared with;
+    its ``[keys] roster_public_key`` checks a signed one), ``data_dir`` the running ``[gate]
+    data_dir`` (where the reported state is kept). ``restart`` is called once the new file and
+    state are on disk; it must only *ask* for the restart and return, because the
     acknowledgement is published after this handler returns, on the thread that called it.
     Returns the ``cmd_ack`` detail; refusals are CommandErrors naming the field.
     """
@@ -170,8 +243,14 @@ def config_push_handler(config_path: Path, data_dir: Path,
     data_dir = Path(data_dir)
 
     def handle(body: dict[str, Any]) -> str:
-        version = _version(body)
-        text = _config_text(body)
+        signed = "signed_config_b64" in body
+        current: DeviceConfig | None = None
+        if signed:
+            current = _current_config(config_path)
+            version, text = _signed_text(body, current)
+        else:
+            version = _version(body)
+            text = _config_text(body)
         new_bytes = text.encode("utf-8")
         new_sha = _sha256(new_bytes)
         with _LOCK:
@@ -195,20 +274,17 @@ def config_push_handler(config_path: Path, data_dir: Path,
                 new = parse_device_config(data)
             except ConfigError as exc:
                 raise CommandError(f"config: {exc}") from None
-            current = _pinned_gate(config_path)
-            for key in PINNED_GATE_KEYS:
-                if getattr(new.gate, key) != current.get(key):
-                    raise CommandError(
-                        f"config: gate.{key}: {getattr(new.gate, key)!r} differs from this "
-                        f"gate's {current.get(key)!r}; it is bound to the gate's certificate "
-                        "and broker ACL, so change it by re-provisioning the gate")
+            current = current or _current_config(config_path)
+            changed = check_changes(current, new, signed)
             if new.gate.data_dir.resolve() != data_dir.resolve():
                 raise CommandError(
                     f"config: gate.data_dir: {str(new.gate.data_dir)!r} differs from this "
                     f"gate's {str(data_dir)!r}; the outbox, templates and config state live "
                     "there, so change it by re-provisioning the gate")
-            _swap(config_path, data_dir, new_bytes, version, new_sha)
-        log.info("config v%d applied (sha256 %s); restarting the workers", version, new_sha[:12])
+            _swap(config_path, data_dir, new_bytes, version, new_sha, signed)
+        kind = "signed" if signed else "unsigned"
+        log.info("config v%d (%s) applied (sha256 %s), changing %s; restarting the workers",
+                 version, kind, new_sha[:12], ", ".join(changed) or "nothing effective")
         try:
             restart()
         except Exception as exc:
@@ -216,12 +292,14 @@ def config_push_handler(config_path: Path, data_dir: Path,
             raise CommandError(f"config: v{version} written but the restart failed "
                                f"({type(exc).__name__}: {exc}); it applies at the next start "
                                "of the service") from None
-        return f"config v{version} applied (sha256 {new_sha[:12]}); restarting to use it"
+        return (f"config v{version} applied ({kind}, sha256 {new_sha[:12]}); restarting to use "
+                "it")
 
     return handle
 
 
-def _swap(config_path: Path, data_dir: Path, new_bytes: bytes, version: int, sha: str) -> None:
+def _swap(config_path: Path, data_dir: Path, new_bytes: bytes, version: int, sha: str,
+          signed: bool = False) -> None:
     """Keep the old file as ``.previous``, rename the new one in, then record the state.
 
     The config file goes first: after a power cut between the two writes the gate runs the new
@@ -242,7 +320,7 @@ def _swap(config_path: Path, data_dir: Path, new_bytes: bytes, version: int, sha
         raise CommandError(f"config: cannot write {config_path} ({exc.strerror or exc}); the "
                            "service user needs write access to its folder") from None
     state = {"schema": wire.SCHEMA_VERSION, "version": version, "sha256": sha,
-             "applied_at": wire.utc_now_iso()}
+             "applied_at": wire.utc_now_iso(), "signed": signed}
     try:
         write_atomic(data_dir / STATE_FILE,
                      json.dumps(state, separators=(",", ":")).encode(), 0o600)

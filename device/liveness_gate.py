@@ -50,9 +50,9 @@ class LivenessGateConfig:
         require(set(self.actions) <= set(ACTIONS) and bool(self.actions), "actions",
                 f"must be a non-empty subset of {ACTIONS}")
         require(0.5 <= self.timeout_s <= 30, "timeout_s", "must be 0.5..30 seconds")
-        require(self.max_failures >= 1, "max_failures", "must be >= 1")
-        require(self.window_s > 0, "window_s", "must be > 0")
-        require(self.lockout_s >= 0, "lockout_s", "must be >= 0")
+        require(1 <= self.max_failures <= 100, "max_failures", "must be 1..100")
+        require(0 < self.window_s <= 86_400, "window_s", "must be > 0 and at most a day")
+        require(0 <= self.lockout_s <= 86_400, "lockout_s", "must be 0..86400 seconds")
 
 
 class FailedAttempts:

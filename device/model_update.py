@@ -390,6 +390,45 @@ def write_state(data_dir: Path, state: InstallState) -> None:
     write_atomic(models_root(data_dir) / STATE_FILE, state.to_json())
 
 
+def _bundle_version(directory: Path) -> str | None:
+    version = _read_manifest(directory).get("bundle_version")
+    return version if isinstance(version, str) else None
+
+
+def models_high_water(data_dir: Path) -> str | None:
+    """The newest model bundle version that ran on this gate (an installed update, confirmed),
+    or the version of a signed downgrade installed with force; kept in the outbox database so
+    deleting ``state.json`` cannot roll the gate back."""
+    from device.outbox import MODELS_HIGH_WATER, OUTBOX_FILE, Outbox
+
+    path = Path(data_dir) / OUTBOX_FILE
+    if not path.exists():  # no outbox yet: nothing ran here (reading must not create it)
+        return None
+    outbox = Outbox(path)
+    try:
+        return outbox.high_water(MODELS_HIGH_WATER)
+    finally:
+        outbox.close()
+
+
+def record_models_high_water(data_dir: Path, version: str, lower: bool = False) -> None:
+    """Raise the models high-water mark to ``version`` (``lower``: set it even when lower, for
+    a signed bundle installed with force, a deliberate downgrade)."""
+    from device.outbox import MODELS_HIGH_WATER, OUTBOX_FILE, Outbox
+
+    outbox = Outbox(Path(data_dir) / OUTBOX_FILE)
+    try:
+        held = outbox.high_water(MODELS_HIGH_WATER)
+        try:
+            higher = held is None or check_version(version) > check_version(held)
+        except ValueError:
+            higher = True  # an unreadable mark is replaced by a readable one
+        if higher or (lower and held != version):
+            outbox.set_high_water(MODELS_HIGH_WATER, version)
+    finally:
+        outbox.close()
+
+
 def base_bundle_dir(config: DeviceConfig) -> Path:
     """The bundle the gate runs when nothing is installed: ``[models] bundle_dir`` or the
     package's own."""
@@ -734,6 +773,8 @@ def install_model_archive(blob: bytes, *, data_dir: Path, public_key: Ed25519Pub
                              rolled_back=state.rolled_back)
     write_state(data_dir, new_state)
     _prune(data_dir, new_state)
+    if older:  # forced: the signed downgrade is what the gate may now run
+        record_models_high_water(data_dir, header.bundle_version, lower=True)
     warning = (" WARNING: the embedder changed (forced): push rosters enrolled with the new "
                "bundle after the restart." if embedder_changed else "")
     detail = (f"model bundle {header.bundle_version} installed in {final} and self-checked "
@@ -805,6 +846,31 @@ def install_incoming(config: DeviceConfig) -> list[str]:
     return lines
 
 
+def _check_high_water(data_dir: Path, state: InstallState, directory: Path) -> None:
+    """Refuse to start with a bundle older than the newest one that ran here (ModelUpdateError,
+    so the service exits 2): ``state.json`` was deleted or replaced, which would otherwise
+    roll the gate back to the base bundle (or an older install) in silence."""
+    high_water = models_high_water(data_dir)
+    version = (state.current or {}).get("version") or _bundle_version(directory)
+    if high_water is None or version is None:
+        return
+    try:
+        older = check_version(version) < check_version(high_water)
+    except ValueError:
+        return  # an unreadable version is the bundle loader's to refuse
+    if older:
+        what = "the base bundle" if state.current is None else f"installed bundle {version}"
+        raise ModelUpdateError(
+            f"model bundle roll-back refused: this gate ran model bundle {high_water}, but "
+            f"would now start with {what} ({version}, {directory}) because "
+            f"{models_root(data_dir) / STATE_FILE} is missing or names an older bundle (deleted "
+            f"or replaced). Technician: copy the signed bundle {high_water} or newer "
+            f"(`gerbang-provision models sign`) into {Path(data_dir) / 'incoming'} as "
+            f"*{INCOMING_SUFFIX} and restart the service; to go back to an older bundle on "
+            "purpose, send it to a running gate with force (the `models` command, \"force\": "
+            "true), which is signed and lowers the mark")
+
+
 def bundle_for_start(config: DeviceConfig) -> tuple[ModelBundle, Callable[[], None]]:
     """The verified model bundle the service starts with, and the callable to run once the
     service is ready (it confirms a pending bundle; otherwise does nothing).
@@ -837,7 +903,10 @@ def bundle_for_start(config: DeviceConfig) -> tuple[ModelBundle, Callable[[], No
                 state = rollback(data_dir, state, f"it failed to load at start: {exc}",
                                  base_dir)
     directory = entry_dir(data_dir, state.current, base_dir)
+    _check_high_water(data_dir, state, directory)
     bundle = load_bundle(directory)
+    if state.current is not None and state.pending is None:
+        record_models_high_water(data_dir, state.current["version"])
     if state.current is not None:
         log.info("model bundle %s from %s%s", state.current["version"], directory,
                  " (pending: confirmed once the service is ready)" if state.pending else "")
@@ -850,6 +919,7 @@ def bundle_for_start(config: DeviceConfig) -> tuple[ModelBundle, Callable[[], No
         if now.current is not None and now.current["dir"] == confirmed_dir and now.pending:
             now.pending = None
             write_state(data_dir, now)
+            record_models_high_water(data_dir, now.current["version"])
             log.info("model bundle %s confirmed: the service started with it",
                      now.current["version"])
 

@@ -18,8 +18,9 @@ from device import chunks
 from device.config import DeviceConfig
 from device.infer.bundle import ModelBundle
 from device.keyfile import read_secret_key
+from device.outbox import Outbox, roster_high_water
 from device.roster import Roster, RosterError, load_roster
-from device.roster_file import load_roster_public_key
+from device.roster_file import OLD_VERSION, RosterRefused, load_roster_public_key
 from device.template_store import install_signed_roster, load_templates, stored_sessions, wipe
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,35 @@ class RosterSource:
             self.transport_key = read_secret_key(keys.roster_transport_key, "roster transport key")
             self.storage_key = read_secret_key(keys.storage_key, "storage key")
 
+    def _high_water(self) -> int | None:
+        """The newest roster version this gate installed for its session and room, kept in
+        the outbox database (not beside the template file, whose deletion must not reset it)."""
+        ident = self.config.gate
+        if not self.config.outbox_path.exists():  # reading must not create the outbox
+            return None
+        outbox = Outbox(self.config.outbox_path)
+        try:
+            value = outbox.high_water(roster_high_water(ident.session, ident.room))
+        finally:
+            outbox.close()
+        return int(value) if value is not None and value.isdigit() else None
+
+    def _raise_high_water(self, version: int) -> None:
+        ident = self.config.gate
+        outbox = Outbox(self.config.outbox_path)
+        try:
+            name = roster_high_water(ident.session, ident.room)
+            held = outbox.high_water(name)
+            if held is None or not held.isdigit() or int(held) < version:
+                outbox.set_high_water(name, str(version))
+        finally:
+            outbox.close()
+
     def load(self) -> Roster:
-        """The roster to start with (installing any signed roster waiting in ``incoming/``)."""
+        """The roster to start with (installing any signed roster waiting in ``incoming/``).
+
+        A stored roster older than the gate's high-water mark for its session and room is
+        refused (``old_version``): the template file was replaced with an older copy."""
         ident = self.config.gate
         if not self.config.keys.signed_rosters:
             log.warning("plain roster %s (templates unencrypted on disk): configure [keys] "
@@ -64,19 +92,33 @@ class RosterSource:
             if session != ident.session:
                 wipe(ident.data_dir, session)  # another session's templates: not needed here
         try:
-            return load_templates(ident.data_dir, ident.session, ident.room, self.storage_key)
+            roster = load_templates(ident.data_dir, ident.session, ident.room, self.storage_key)
         except FileNotFoundError:
             raise RosterError(f"no roster for session {ident.session} room {ident.room}: copy "
                               f"its .roster.signed into {incoming} or push it from the "
                               "gateway") from None
+        high_water = self._high_water()
+        if high_water is not None and roster.version < high_water:
+            raise RosterRefused(OLD_VERSION, f"the stored roster for session {ident.session} "
+                                f"room {ident.room} is v{roster.version}, but this gate already "
+                                f"installed v{high_water}: its template file was replaced with "
+                                f"an older copy. Copy the current signed roster (v{high_water} "
+                                f"or newer) into {self.config.incoming_dir} and restart")
+        self._raise_high_water(roster.version)  # a gate from before high-water marks
+        return roster
 
     def install(self, blob: bytes) -> Roster:
-        """Verify a signed roster and store it encrypted; RosterRefused says why not."""
+        """Verify a signed roster and store it encrypted; RosterRefused says why not (also
+        ``old_version`` for a roster older than the high-water mark, even when the stored file
+        was deleted)."""
         ident = self.config.gate
-        return install_signed_roster(
+        roster = install_signed_roster(
             blob, data_dir=ident.data_dir, storage_key=self.storage_key,
             public_key=self.public_key, transport_key=self.transport_key, centre=ident.centre,
-            session=ident.session, room=ident.room, embedder_sha256=self.embedder_sha256)
+            session=ident.session, room=ident.room, embedder_sha256=self.embedder_sha256,
+            min_version=self._high_water())
+        self._raise_high_water(roster.version)
+        return roster
 
     def push_handler(self, use: Callable[[Roster], None]) -> Callable[[dict[str, Any]], str]:
         """The ``roster`` command: ``{"roster_b64": …}``, or the signed roster in chunks

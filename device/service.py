@@ -18,11 +18,17 @@ from device.capture.cameras import CameraAlarm, is_paced, open_camera
 from device.capture.newest import NewestFrameSource
 from device.checkin import CheckinLoop, MatchPolicy
 from device.commands import CommandHandler, CommandResult
-from device.config import CaptureConfig, DeviceConfig, ScreenConfig
+from device.config import (
+    LOOSEST_FAR,
+    CaptureConfig,
+    DeviceConfig,
+    ScreenConfig,
+    check_threshold,
+)
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
 from device.health import cpu_temperature_c, peak_rss_mb
-from device.infer.bundle import ModelBundle, calibrated_threshold
+from device.infer.bundle import ModelBundle, ModelBundleError, calibrated_threshold
 from device.infer.liveness import (
     DEFAULT_PASSIVE_MODEL,
     LivenessCheck,
@@ -123,6 +129,28 @@ class Judge:
     threshold: float
     liveness: LivenessGate | None
 
+    def policy(self, config: DeviceConfig) -> MatchPolicy:
+        """The match policy: this threshold for the roster's score kind, re-derived (and
+        checked) when a pushed roster changes the score kind."""
+        return MatchPolicy(self.threshold, config.match.require_card,
+                           score_kind=self.roster.gallery().score_kind,
+                           threshold_for=lambda kind: threshold_for(config, self.bundle, kind))
+
+
+def threshold_for(config: DeviceConfig, bundle: ModelBundle, score_kind: str) -> float:
+    """The match threshold for ``score_kind`` scores: the bundle's calibration at
+    ``target_far``, or the ``match.threshold`` override once checked against the calibration
+    (never looser than FAR 1e-2: ConfigError naming the field)."""
+    override = config.match.threshold
+    if override is None:
+        return calibrated_threshold(bundle, score_kind, config.match.target_far)
+    try:
+        floor: float | None = calibrated_threshold(bundle, score_kind, LOOSEST_FAR)
+    except ModelBundleError:
+        floor = None
+    check_threshold(override, score_kind, floor)
+    return override
+
 
 def load_judge(config: DeviceConfig) -> Judge:
     """Models (verified), roster and threshold: the checks that can refuse to start, first.
@@ -140,8 +168,7 @@ def load_judge(config: DeviceConfig) -> Judge:
     pipeline = FacePipeline.from_bundle(bundle, config.models.threads, config.models.runtime)
     pipeline.flip_average = config.match.flip_average
     gallery = roster.gallery()
-    threshold = (config.match.threshold if config.match.threshold is not None else
-                 calibrated_threshold(bundle, gallery.score_kind, config.match.target_far))
+    threshold = threshold_for(config, bundle, gallery.score_kind)
     log.info("models verified and loaded (%s); roster v%d with %d applicants; %s scores, "
              "threshold %.3f (FAR %g)%s",
              ", ".join(f"{k}={v[:12]}" for k, v in bundle.hashes().items()),
@@ -162,7 +189,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
     judge = load_judge(config)
     bundle, confirm_models, rosters, roster = (judge.bundle, judge.confirm_models,
                                                judge.rosters, judge.roster)
-    pipeline, threshold = judge.pipeline, judge.threshold
+    pipeline = judge.pipeline
     liveness = judge.liveness
     use_pin_factory(config.gpio.pin_factory)
     loop_ref: list[CheckinLoop] = []
@@ -185,7 +212,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         return CommandHandler(ident.session, ident.data_dir, door.grant,
                               loop_ref[0].record_alarm,
                               rosters.push_handler(loop_ref[0].use_roster),
-                              model_update.push_handler(config)).handle(name, payload)
+                              model_update.push_handler(config),
+                              resend=uplink.resend).handle(name, payload)
 
     def telemetry() -> dict[str, Any]:
         loop = loop_ref[0] if loop_ref else None
@@ -216,7 +244,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
 
-    loop = CheckinLoop(pipeline, roster, MatchPolicy(threshold, config.match.require_card),
+    loop = CheckinLoop(pipeline, roster, judge.policy(config),
                        config.quality, door, outbox, ident, on_recorded=uplink.notify,
                        liveness=liveness, screen=screen)
     loop_ref.append(loop)

@@ -247,12 +247,16 @@ def wipe(data_dir: Path, session: str) -> int:
 
 def install_signed_roster(blob: bytes, *, data_dir: Path, storage_key: bytes,
                           public_key: Ed25519PublicKey, transport_key: bytes, centre: str,
-                          session: str, room: str, embedder_sha256: str) -> Roster:
+                          session: str, room: str, embedder_sha256: str,
+                          min_version: int | None = None) -> Roster:
     """Verify a signed roster as received (MQTT or bundle) and keep it in the encrypted store.
 
     Every check of ``device.roster_file.verify_signed_roster`` applies, with the version of the
-    roster already stored as the minimum (no roll-back). A stored file that can no longer be
-    opened (replaced key, damage) does not block a verified roster from replacing it. Raises
+    roster already stored as the minimum (no roll-back), or ``min_version`` when higher: the
+    version high-water mark the gate keeps apart from this file (``device.roster_source``), so
+    deleting or damaging the file does not open a roll-back either. A stored file that can no
+    longer be opened (replaced key, damage) does not block a verified roster from replacing it.
+    Raises
     RosterRefused or TemplateStoreError; on success returns the roster now in use.
     """
     _check_key(storage_key)
@@ -262,9 +266,11 @@ def install_signed_roster(blob: bytes, *, data_dir: Path, storage_key: bytes,
             current = load_templates(data_dir, session, room, storage_key).version
         except TemplateStoreError as exc:
             log.warning("replacing an unreadable template file: %s", exc)
+    floors = [v for v in (current, min_version) if v is not None]
     verified = verify_signed_roster(
         blob, public_key=public_key, transport_key=transport_key, centre=centre,
-        session=session, room=room, embedder_sha256=embedder_sha256, min_version=current)
+        session=session, room=room, embedder_sha256=embedder_sha256,
+        min_version=max(floors) if floors else None)
     roster = replace(verified.roster, embedder_sha256=verified.header.embedder_sha256)
     save_templates(data_dir, roster, storage_key)
     log.info("installed roster v%d for session %s room %s: %d applicants (signed by %s, %s)",

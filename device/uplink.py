@@ -3,7 +3,10 @@
 Events go out in ``seq`` order with a bounded window in flight. When the connection drops, every
 unacknowledged event is sent again from the oldest after reconnecting; a duplicate delivery is
 harmless because the gateway stores by ``event_id``. The status topic carries a retained birth
-message and a last-will ``offline`` so the gateway knows when a gate vanishes.
+message and a last-will ``offline`` so the gateway knows when a gate vanishes. The birth and
+every telemetry message carry the outbox position (``wire.OUTBOX_FIELDS``), read fresh each
+time, so the gateway can tell a loss from a gate that went quiet; the ``resend`` command
+(:meth:`Uplink.resend`) publishes a range of kept rows again.
 """
 
 from __future__ import annotations
@@ -80,8 +83,7 @@ class Uplink:
                       reason)
             return
         log.info("connected to broker %s:%s", self.broker.host, self.broker.port)
-        client.publish(self.status_topic, wire.status_payload(True, **self.birth), qos=1,
-                       retain=True)
+        client.publish(self.status_topic, self._birth_payload(), qos=1, retain=True)
         if self.on_command is not None:
             client.subscribe(self.cmd_prefix + "+", qos=1)
         with self._lock:
@@ -141,7 +143,7 @@ class Uplink:
         self._next_telemetry = time.monotonic() + self.telemetry_interval_s
         try:
             body = {"schema": wire.SCHEMA_VERSION, "ts": wire.utc_now_iso(),
-                    **self.telemetry()}
+                    **self.telemetry(), "outbox": self.outbox.position()}
             # QoS 0: a lost reading is replaced by the next one; never worth a queue.
             self.client.publish(self.telemetry_topic, json.dumps(body, separators=(",", ":")),
                                 qos=0)
@@ -182,13 +184,56 @@ class Uplink:
                         self._inflight[info.mid] = event.seq
                     self._last_sent = event.seq
 
+    def _birth_payload(self) -> bytes:
+        """The retained birth: the given details plus the outbox position as of now."""
+        return wire.status_payload(True, **{**self.birth, "outbox": self.outbox.position()})
+
     def update_birth(self, birth: dict[str, Any]) -> None:
         """Replace the retained birth message (models or roster changed); re-published now if
-        connected, else on the next connect."""
+        connected, else on the next connect (each time with the outbox position of then)."""
         self.birth = dict(birth)
         if self._connected.is_set():
-            self.client.publish(self.status_topic, wire.status_payload(True, **self.birth),
-                                qos=1, retain=True)
+            self.client.publish(self.status_topic, self._birth_payload(), qos=1, retain=True)
+
+    def rewind(self, seq: int) -> None:
+        """Make the next send pass start at ``seq`` again (rows re-queued by a resend)."""
+        with self._lock:
+            self._last_sent = min(self._last_sent, seq - 1)
+        self._wake.set()
+
+    def resend(self, body: dict[str, Any]) -> str:
+        """The ``resend`` command: ``{"stream", "from_seq", "to_seq"}`` (inclusive, at most
+        ``wire.RESEND_MAX_SPAN`` seqs) → the kept rows of that range are published again in
+        seq order. Returns the acknowledgement; CommandError names a bad field."""
+        from device.commands import CommandError
+        from device.outbox import OutboxRangeError
+
+        stream = body.get("stream")
+        if not isinstance(stream, str) or not wire.STREAM_PATTERN.match(stream):
+            raise CommandError("stream: required, the outbox stream id (16 lowercase hex)")
+        bounds = []
+        for name in ("from_seq", "to_seq"):
+            value = body.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CommandError(f"{name}: required, a whole number >= 0")
+            bounds.append(value)
+        first, last = bounds
+        if first > last:
+            raise CommandError(f"to_seq: {last} is before from_seq {first}")
+        if last - first + 1 > wire.RESEND_MAX_SPAN:
+            raise CommandError(f"to_seq: the range {first}..{last} spans {last - first + 1} "
+                               f"seqs, at most {wire.RESEND_MAX_SPAN} per request")
+        try:
+            done = self.outbox.requeue(stream, first, last)
+        except OutboxRangeError as exc:
+            raise CommandError(str(exc)) from None
+        if done.count:
+            self.rewind(first)
+        span = f"seq {done.first}..{done.last}" if done.count else "nothing"
+        log.info("resend %s..%s of stream %s: %d kept, %d no longer kept", first, last, stream,
+                 done.count, done.missing)
+        return (f"re-sending {done.count} of {done.asked} ({span}); {done.missing} no longer "
+                "kept")
 
     def notify(self) -> None:
         """Tell the uplink a new event is in the outbox (publish now, not at the next poll)."""

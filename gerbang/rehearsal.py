@@ -643,7 +643,11 @@ class GateRig:
             db = sqlite3.connect(f"file:{self.outbox_path}?mode=ro", uri=True, timeout=2)
             try:
                 counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-                (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+                # Acknowledged rows stay in the outbox for resends: the depth is the
+                # unacknowledged counter (an outbox from before that counter: every row).
+                depth = counters.get("unacked")
+                if depth is None:
+                    (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
             finally:
                 db.close()
         except sqlite3.Error:

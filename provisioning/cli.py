@@ -854,20 +854,32 @@ def _cmd_roster_push(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _toml_keys(table: dict, prefix: str = "") -> list[str]:
+    """Dotted keys a TOML document sets (``gpio.tamper.pin``), in file order."""
+    keys = []
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        keys.extend(_toml_keys(value, key + ".") if isinstance(value, dict) else [key])
+    return keys
+
+
 def _cmd_config_push(args: argparse.Namespace) -> int:
+    import base64
     import tomllib
 
-    from provisioning.push import config_sha256, push_config
+    from device.config_keys import LOCAL, SIGNED, classify
+    from provisioning.push import config_sha256, push_command, push_config
 
     if args.version < 1:
         raise ConfigError(f"--version: must be >= 1, got {args.version}")
     try:
         text = args.config_file.read_text("utf-8")
-        gate = tomllib.loads(text).get("gate")
+        document = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{args.config_file}: not UTF-8 text ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{args.config_file}: not valid TOML ({exc})") from None
+    gate = document.get("gate")
     if not isinstance(gate, dict):
         raise ConfigError(f"{args.config_file}: gate: missing (the gate's [gate] table)")
     # One device.toml names one gate; the gate would refuse another's, so stop here instead.
@@ -878,10 +890,38 @@ def _cmd_config_push(args: argparse.Namespace) -> int:
     if not isinstance(centre, str) or args.centre not in (None, centre):
         raise ConfigError(f"{args.config_file}: gate.centre is {centre!r}"
                           + (f", not {args.centre!r}" if args.centre else ""))
+    keys = None
+    if args.keys:
+        from provisioning.signing import load_roster_keys, sign_config
+
+        keys = load_roster_keys(args.keys)  # RosterError (one line, exit 2) if unusable
+        if keys.centre != centre:
+            raise ConfigError(f"--keys {args.keys} are centre {keys.centre}'s, the file is for "
+                              f"centre {centre}")
     broker = _push_broker(args)
-    print(f"desired: {args.device} config v{args.version} sha256 {config_sha256(text)}")
+    print(f"desired: {args.device} config v{args.version} sha256 {config_sha256(text)}"
+          + (f", signed by key {keys.key_id}" if keys else ", unsigned"))
+    set_keys = _toml_keys(document)
+    local = [k for k in set_keys if classify(k) == LOCAL]
+    protected = [k for k in set_keys if classify(k) == SIGNED]
+    if local:
+        print(f"note: local-only keys ({', '.join(local)}) must equal what the gate runs; no "
+              "push can change them (re-provision the gate for that)")
+    if protected and not keys:
+        print(f"note: unsigned: the gate refuses this unless these keys are unchanged from what "
+              f"it runs: {', '.join(protected)}; to change any of them, sign the push with "
+              "--keys DIR (the centre's roster key folder)")
     try:
-        r = push_config(broker, centre, args.device, text, args.version, timeout_s=args.timeout)
+        if keys:
+            blob = sign_config(text, keys, args.device, args.version)
+            (r,) = push_command(
+                broker, centre, [args.device], "config",
+                {"signed_config_b64": base64.b64encode(blob).decode()}, args.timeout,
+                offline_hint="it applies the config when it reconnects, unless a newer "
+                             "version reaches it first")
+        else:
+            r = push_config(broker, centre, args.device, text, args.version,
+                            timeout_s=args.timeout)
     except OSError as exc:  # refused connection, unknown host, no subscription confirmed
         raise RuntimeError(f"broker {args.broker_host}:{args.broker_port}: {exc}") from None
     state = {True: "applied", False: "REFUSED", None: "NOT CONFIRMED"}[r.ok]
@@ -1122,15 +1162,21 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
                     "it has swapped the file in and restarted its workers with it (its reported "
                     "config, also in its status message), or REFUSED with the reason: a version "
                     "not newer than the one it runs, a file that is not TOML or not a valid "
-                    "config (the field is named), or a changed device_id, centre or data_dir "
-                    "(re-provision for those). A gate that is offline gets the config when it "
-                    "reconnects and is listed as NOT CONFIRMED. Use your technician "
-                    "certificate (`technician-cert`), never the gateway's. Exit code 0 only "
-                    "when the gate applied it.",
+                    "config (the field is named), an unsigned change of a key that decides who "
+                    "enters or whom the gate trusts (thresholds, liveness, quality, broker, pin "
+                    "map, room, session, camera, models: sign it with --keys), or a changed "
+                    "local-only key (device_id, centre, data_dir, [keys], the broker's TLS "
+                    "files: re-provision for those). Without --keys only the harmless keys may "
+                    "change (telemetry_interval_s, drain_timeout_s, models.threads, "
+                    "screen.result_hold_s, screen.preview_fps, capture.freeze_s); the keys the "
+                    "file sets that would need signing are printed before sending. A gate that "
+                    "is offline gets the config when it reconnects and is listed as NOT "
+                    "CONFIRMED. Use your technician certificate (`technician-cert`), never the "
+                    "gateway's. Exit code 0 only when the gate applied it.",
         epilog="Example: gerbang-provision config-push --config-file devices/c01-r01-a/"
-               "device.toml --version 2 --device c01-r01-a --broker-host broker.c01.lan "
-               "--ca-file technicians/ca.pem --cert-file technicians/tech-budi.pem --key-file "
-               "technicians/tech-budi.key")
+               "device.toml --version 2 --device c01-r01-a --keys roster-keys "
+               "--broker-host broker.c01.lan --ca-file technicians/ca.pem --cert-file "
+               "technicians/tech-budi.pem --key-file technicians/tech-budi.key")
     cpush.add_argument("--config-file", type=Path, required=True,
                        help="the gate's whole new device.toml (its [gate] device_id must be "
                             "--device)")
@@ -1138,6 +1184,9 @@ says "model bundle 1.1.0 confirmed", or why it rolled back.""")
                        help="config version; must be higher than the one the gate reports")
     cpush.add_argument("--device", required=True, help="the gate id, e.g. c01-r01-a")
     cpush.add_argument("--centre", help="centre id (default: [gate] centre of the file)")
+    cpush.add_argument("--keys", type=Path,
+                       help="the centre's roster key folder: sign the config with it (needed "
+                            "to change any key but the harmless ones)")
     _add_push_broker_args(cpush)
     cpush.set_defaults(func=_cmd_config_push)
     return parser

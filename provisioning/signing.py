@@ -17,7 +17,9 @@ that is stolen exposes its own room's rosters, not the centre's.
 
 Signing is ``sign_roster``: the roster JSON is encrypted for its room (AES-256-GCM, the signed
 header as associated data) and the whole file signed (Ed25519). Layout and checks are in
-``device.roster_file``, which is also what a gate runs.
+``device.roster_file``, which is also what a gate runs. The same key signs model bundles
+(``provisioning.model_signing``) and gate configs (``sign_config``, ``device.signed_config``),
+each with its own magic so one can never pass for another.
 """
 
 from __future__ import annotations
@@ -243,3 +245,29 @@ def write_signed_roster(path: Path, roster: Roster, keys: RosterKeys,
     """``sign_roster`` written atomically to ``path`` (0600: encrypted, but still a roster)."""
     write_atomic(Path(path), sign_roster(roster, keys, embedder_sha256), mode=0o600)
     return Path(path)
+
+
+def sign_config(toml_text: str, keys: RosterKeys, device_id: str, version: int,
+                created: dt.datetime | None = None) -> bytes:
+    """A signed config for one gate of this centre (layout in ``device.signed_config``): the
+    whole ``device.toml`` as given, with the version it gets, signed with the centre's key.
+
+    Only a signed config may change the keys that decide who enters or whom the gate trusts
+    (``device.config_keys``); the gate still refuses one that changes a local-only key.
+    """
+    import hashlib
+
+    from device.signed_config import SignedConfigHeader
+    from device.signed_config import encode_header as encode_config_header
+    from device.signed_config import signed_body as signed_config_body
+
+    _check_id("device", device_id)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SigningError(f"config version must be a whole number >= 1, got {version!r}")
+    toml_bytes = toml_text.encode("utf-8")
+    when = (created or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    header = SignedConfigHeader(centre=keys.centre, device_id=device_id, version=version,
+                                created=when.strftime("%Y-%m-%dT%H:%M:%SZ"), signer=keys.key_id,
+                                sha256=hashlib.sha256(toml_bytes).hexdigest())
+    body = signed_config_body(encode_config_header(header), toml_bytes)
+    return body + keys.signing_key.sign(body)

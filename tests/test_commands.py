@@ -131,3 +131,31 @@ def test_command_handler_never_raises():
     assert not result.ok and "RuntimeError" in result.detail
     assert not handler.handle("x" * 5000, b"{}").ok
     assert not handler.handle("ping", b"x" * 100_000).ok
+
+
+def test_the_gates_birth_and_telemetry_pass_the_gateways_validators(running_gate, mosquitto):
+    """What ``run --single-process`` really publishes is what ``wire.parse_status`` and
+    ``wire.parse_telemetry`` accept, outbox position included (fresh in every telemetry)."""
+    send, _store, _data, _ = running_gate
+    seen: dict[str, list[bytes]] = {"status": [], "telemetry": []}
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    watcher.on_message = lambda c, u, msg: seen[msg.topic.rsplit("/", 1)[1]].append(msg.payload)
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    try:
+        watcher.subscribe([(wire.status_topic(CENTRE, DEVICE), 1),
+                           (wire.telemetry_topic(CENTRE, DEVICE), 0)])
+        wait_until(lambda: seen["status"] and len(seen["telemetry"]) >= 2, 15,
+                   "the retained birth and two telemetry messages")
+        birth = wire.parse_status(seen["status"][-1])
+        assert birth["state"] == "online" and birth["outbox"]["first_seq"] == 0
+        assert set(birth) >= {"device_id", "room", "session", "models", "roster_version"}
+        assert send("unlock", {"reason": "test", "by": "p1"})["ok"]  # one alarm: seq moves
+        before = len(seen["telemetry"])
+        wait_until(lambda: len(seen["telemetry"]) > before + 1, 10, "fresh telemetry")
+        last = wire.parse_telemetry(seen["telemetry"][-1])
+        assert last["outbox"]["stream"] == birth["outbox"]["stream"]
+        assert last["outbox"]["next_seq"] >= 1 and {"fps", "decisions"} <= set(last)
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()

@@ -86,6 +86,22 @@ def install(blob, data, keys, base, **options):
 
 
 def gate_config(tmp_path, keys, base, data, **sections):
+    return parse_device_config(gate_doc(tmp_path, keys, base, data, **sections))
+
+
+def as_toml(doc: dict) -> str:
+    """A config document of tables of plain values as TOML (for the command-line tests)."""
+    lines = []
+    for table, values in doc.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else (
+                json.dumps(value) if isinstance(value, str) else repr(value))
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def gate_doc(tmp_path, keys, base, data, **sections):
     key_dir = tmp_path / "gate-keys"
     export_device_keys(keys, "R01", key_dir)
     frames = tmp_path / "frames"
@@ -101,7 +117,7 @@ def gate_config(tmp_path, keys, base, data, **sections):
                     "storage_key": str(key_dir / "storage.key")}}
     for name, values in sections.items():
         doc[name] = {**doc.get(name, {}), **values}
-    return parse_device_config(doc)
+    return doc
 
 
 def broken_copy(base, tmp_path, role, data):
@@ -491,3 +507,52 @@ def test_models_pushed_over_mqtt_in_resumable_chunks_are_used_after_a_restart(
     wait_until(lambda: read_state(data).pending is None, 30, "the new bundle confirmed")
     assert read_state(data).current["version"] == "1.0.1"
     assert births[-1]["models"] == load_bundle(base).hashes()  # same models, newer bundle
+
+
+# --------------------------------------------------------------------------------------------
+# issue 14 (low): no model roll-back by deleting state.json
+
+
+def test_deleting_the_install_state_does_not_roll_the_models_back(tmp_path, keys, base, signed,
+                                                                 capfd):
+    """1.0.1 ran (confirmed); state.json is deleted: the gate would start with the base 1.0.0.
+    It refuses instead (exit 2 from ``gerbang-device run``), saying what happened and what the
+    technician does; copying the signed bundle into incoming/ brings it back."""
+    from device.cli import main
+
+    data = tmp_path / "gate"
+    config = gate_config(tmp_path, keys, base, data)
+    install(signed("1.0.1"), data, keys, base)
+    bundle, confirm = bundle_for_start(config)
+    confirm()
+    (models_root(data) / "state.json").unlink()
+    with pytest.raises(ModelBundleError) as refused:
+        bundle_for_start(config)
+    message = str(refused.value)
+    assert "roll-back refused" in message and "ran model bundle 1.0.1" in message
+    assert "base bundle (1.0.0" in message and "incoming" in message
+    # The command line: one clear line, exit 2 (the supervisor's "refused to start").
+    toml = tmp_path / "device.toml"
+    toml.write_text(as_toml(gate_doc(tmp_path, keys, base, data)))
+    capfd.readouterr()
+    assert main(["run", "--single-process", "--config", str(toml)]) == 2
+    assert "model bundle roll-back refused" in capfd.readouterr().err
+    # What the message says to do: the signed bundle (same or newer) into incoming/, restart.
+    (data / "incoming").mkdir(exist_ok=True)
+    (data / "incoming" / "again.models.signed").write_bytes(signed("1.0.1"))
+    bundle, confirm = bundle_for_start(config)
+    assert bundle.manifest["bundle_version"] == "1.0.1"
+
+
+def test_a_signed_forced_downgrade_lowers_the_mark(tmp_path, keys, base, signed):
+    data = tmp_path / "gate"
+    config = gate_config(tmp_path, keys, base, data)
+    install(signed("1.0.2"), data, keys, base)
+    bundle_for_start(config)[1]()
+    install(signed("1.0.1"), data, keys, base, force=True)  # deliberate, signed
+    bundle, confirm = bundle_for_start(config)
+    assert bundle.manifest["bundle_version"] == "1.0.1"
+    confirm()
+    (models_root(data) / "state.json").unlink()  # the base 1.0.0 is still older than 1.0.1
+    with pytest.raises(ModelBundleError, match=r"ran model bundle 1\.0\.1"):
+        bundle_for_start(config)

@@ -215,6 +215,10 @@ def test_pushed_config_is_applied_by_restarting_the_workers_and_a_bad_one_refuse
         wait_until(lambda: births[-1].get("config", {}).get("version") == 1
                    and births[-1].get("models"), 60, "the birth message of config v1")
         assert births[-1]["config"]["sha256"] == config_sha256(desired)
+        # The split gate's birth is what the gateway's validator accepts, outbox included.
+        checked = wire.parse_status(json.dumps(births[-1]))
+        assert checked["outbox"]["stream"] and checked["processes"] == "split"
+        assert checked["config"]["signed"] is False
         assert config.read_text() == desired
         second = workers_of(proc.pid)
         # Every worker restarted with it (the gate controller too: the pin map may change).
@@ -226,6 +230,7 @@ def test_pushed_config_is_applied_by_restarting_the_workers_and_a_bad_one_refuse
         telemetry = store.devices()[0]["telemetry"]
         assert telemetry["fps"] > 0 and telemetry["checkin_ready"] is True
         assert telemetry["outbox_depth"] >= 0 and telemetry["latency_p50_ms"] > 0
+        assert wire.parse_telemetry(json.dumps(telemetry))["outbox"]["next_seq"] > 0
 
         broken = desired.replace("relay_pulse_s = 3.0", "relay_pulse_s = -1")
         refused = push_config(broker, CENTRE, DEVICE, broken, version=2)

@@ -512,3 +512,66 @@ def test_cli_roster_from_the_session_csv_enrolls_the_rooms_applicants_with_names
                            str(photos), "--csv", str(bad), "--session", "S1", "--room", "R01",
                            "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "bad.csv:2: name: empty" in proc.stderr
+
+
+# --- issue 14 (low): no roster roll-back after deleting or damaging the stored file ----------
+
+def roster_source(tmp_path, gate):
+    """The gate's real roster source (what the check-in runs), with its data folder."""
+    from device.config import parse_device_config
+    from device.infer.bundle import load_bundle
+    from device.roster_source import RosterSource
+
+    files = gate["files"]
+    config = parse_device_config({
+        "gate": {"device_id": "c01-r01-a", "centre": "c01", "room": "R01", "session": "S1",
+                 "data_dir": str(gate["data_dir"])},
+        "capture": {"path": str(tmp_path)},
+        "keys": {"roster_public_key": str(files["public_key"]),
+                 "roster_transport_key": str(files["transport_key"]),
+                 "storage_key": str(files["storage_key"])}})
+    bundle = load_bundle()
+    return RosterSource(config, bundle), bundle.hashes()["embedder"]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupted"])
+def test_an_older_roster_is_refused_after_the_stored_file_is_lost(centre, gate, tmp_path,
+                                                                   damage):
+    from device.commands import CommandError
+
+    source, embedder = roster_source(tmp_path, gate)
+    install = source.push_handler(lambda roster: None)
+
+    def push(version: int) -> str:
+        blob = sign_roster(replace(make_roster(version=version), embedder_sha256=embedder),
+                           centre)
+        return install({"roster_b64": base64.b64encode(blob).decode()})
+
+    assert "roster v3 installed" in push(3)
+    path = store_path(gate["data_dir"], "S1", "R01")
+    if damage == "deleted":
+        path.unlink()
+    else:
+        path.write_bytes(flip(path.read_bytes(), len(path.read_bytes()) - 10))
+    with pytest.raises(CommandError, match=r"roster refused \(old_version\).*older than the "
+                                           "version 3"):
+        push(2)
+    assert "roster v3 installed" in push(3)  # the same version again is fine
+    assert "roster v4 installed" in push(4)
+
+
+def test_a_stored_roster_older_than_the_mark_stops_the_start(centre, gate, tmp_path):
+    """The template file replaced by an older (valid, encrypted) copy, e.g. from a backup."""
+    source, embedder = roster_source(tmp_path, gate)
+    source.install(sign_roster(replace(make_roster(version=2), embedder_sha256=embedder),
+                               centre))
+    path = store_path(gate["data_dir"], "S1", "R01")
+    older_copy = path.read_bytes()
+    source.install(sign_roster(replace(make_roster(version=5), embedder_sha256=embedder),
+                               centre))
+    assert source.load().version == 5
+    path.write_bytes(older_copy)
+    with pytest.raises(RosterRefused) as info:
+        source.load()
+    assert info.value.reason == OLD_VERSION
+    assert "v2, but this gate already installed v5" in str(info.value)

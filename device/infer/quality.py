@@ -54,12 +54,12 @@ class QualityConfig:
     def __post_init__(self) -> None:
         from gerbang.config import require
 
-        require(self.min_inter_eye_px >= 0, "min_inter_eye_px", "must be >= 0")
+        require(0 <= self.min_inter_eye_px <= 500, "min_inter_eye_px", "must be 0..500")
         require(0 < self.max_yaw_deg <= 90, "max_yaw_deg", "must be in (0, 90]")
         require(0 < self.max_pitch_deg <= 90, "max_pitch_deg", "must be in (0, 90]")
         require(0 <= self.min_brightness < self.max_brightness <= 255, "min_brightness",
                 "must satisfy 0 <= min_brightness < max_brightness <= 255")
-        require(self.min_sharpness >= 0, "min_sharpness", "must be >= 0")
+        require(0 <= self.min_sharpness <= 10_000, "min_sharpness", "must be 0..10000")
         require(0 < self.second_face_area_ratio <= 1, "second_face_area_ratio", "must be (0, 1]")
         require(0 <= self.min_edge_margin < 5, "min_edge_margin", "must be in [0, 5)")
 

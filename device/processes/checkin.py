@@ -15,7 +15,7 @@ from device.alarms import open_outbox
 from device.bus import Bus
 from device.capture.bus import BusFrameSource
 from device.capture.cameras import is_paced
-from device.checkin import CheckinLoop, MatchPolicy
+from device.checkin import CheckinLoop
 from device.commands import CommandHandler
 from device.config import DeviceConfig
 from device.gate.remote import RemoteDoor
@@ -117,7 +117,7 @@ def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[s
         watch_uplink(UplinkState(bus, stop), screen, stop)  # type: ignore[arg-type]
     status = StatusPublisher(bus, {"ready": False, "models": bundle.hashes()})
     loop = CheckinLoop(judge.pipeline, judge.roster,
-                       MatchPolicy(judge.threshold, config.match.require_card),
+                       judge.policy(config),
                        config.quality, door, outbox, ident,
                        on_recorded=lambda: busmod.send_json(nudge, {"op": "outbox"}),
                        liveness=judge.liveness, screen=screen)

@@ -106,7 +106,8 @@ def run_uplink(config: DeviceConfig, bus: Bus, stop: threading.Event,
 
     local = CommandHandler(ident.session, ident.data_dir, door.grant,
                            lambda kind, detail: record_alarm(outbox, ident, kind, detail),
-                           None, model_update.push_handler(config), apply_config)
+                           None, model_update.push_handler(config), apply_config,
+                           resend=lambda body: uplink.resend(body))
 
     def command(name: str, payload: bytes) -> CommandResult:
         if name in FORWARDED:
