@@ -339,7 +339,7 @@ class Ingest:
         events: list[wire.CheckinEvent] = []
         verdicts: list[str | None] = []
         alarms: list[wire.AlarmEvent] = []
-        acks: list[tuple[int, str, bool, str]] = []
+        acks: list[tuple[int, str, bool, str, int | None]] = []
         rejects: dict[tuple[str, str, str], list[Any]] = {}
         samples: list[tuple[str, str, float]] = []
         store = self.store
@@ -366,8 +366,12 @@ class Ingest:
                 match = RESEND_ID.match(str(body.get("command_id") or ""))
                 if body["command"] == "resend" and match:
                     detail = str(body.get("detail") or "")[:300]
+                    # a structured count if the gate gives one, else what the detail says
+                    gone = body.get("not_kept")
+                    if isinstance(gone, bool) or not isinstance(gone, int):
+                        gone = not_kept_count(detail)
                     acks.append((int(match.group(1)), parts.device, bool(body.get("ok")),
-                                 detail))
+                                 detail, gone))
             else:
                 self.stats.rejected += 1
                 key = reject_key(msg.topic, value)
@@ -398,9 +402,9 @@ class Ingest:
             rows = [(d, leaf, k, n, first, last, err)
                     for (d, leaf, k), (n, first, last, err) in rejects.items()]
             self._stored("rejects", lambda: store.record_rejects(rows, samples))
-        for request_id, device, ok, detail in acks:
-            self._stored("a resend answer", lambda r=request_id, d=device, o=ok, t=detail:
-                         store.record_resend_ack(r, d, o, t, not_kept_count(t)))
+        for request_id, device, ok, detail, gone in acks:
+            self._stored("a resend answer", lambda r=request_id, d=device, o=ok, t=detail,
+                         g=gone: store.record_resend_ack(r, d, o, t, g))
         self._flush_device_writes()
         self.messages += len(batch)
         self.stats.received += len(events)

@@ -226,7 +226,7 @@ class SeqWatcher:
                         now - float(row["first_seen_at"]) < 10.0):
                     continue  # its birth (first_seq) may be a moment behind its events
                 older = [s for s in streams if s is not row
-                         and s["first_seen_at"] <= row["first_seen_at"]
+                         and s["first_seen_at"] < row["first_seen_at"]
                          and s["closed_at"] is None]
                 fields: dict[str, Any] = {"replaced_checked": 1}
                 upgrade = (row["first_seq"] or 0) > 0 and all(s["stream"] == "" for s in older)

@@ -333,3 +333,29 @@ def test_clock_skew_is_bounded(skew, ok):
     else:
         with pytest.raises(ConfigError, match="clock_skew_s"):
             load_gateway_config(None, {"gateway": {"clock_skew_s": skew}})
+
+
+def test_every_worker_of_a_share_group_sees_every_birth(tmp_path, mosquitto):
+    """Events are split between the workers of a share group, births are not: the worker that
+    judges a gate's backlog must have seen the birth before it (the clock rule)."""
+    from gateway.store import SqliteStore
+
+    db = tmp_path / "gw.sqlite"
+    workers = [Ingest(SqliteStore(db), BrokerConfig(port=mosquitto.port), client_id=f"gw-{n}",
+                      share_group="workers") for n in (1, 2)]
+    for worker in workers:
+        worker.start()
+        assert worker.connected.wait(10)
+    gate = Gate(mosquitto.port)
+    try:
+        gate.status(online=True)
+        wait_until(lambda: all(GATE in w._online_since for w in workers), 10,
+                   "the birth at both workers")
+        for n in range(20):
+            gate.event(NOW, f"A{n:04d}")
+        wait_until(lambda: sum(w.stats.received for w in workers) == 20, 10, "the events")
+        assert all(w.stats.received > 0 for w in workers), "the events are still shared"
+    finally:
+        gate.close()
+        for worker in workers:
+            worker.stop()

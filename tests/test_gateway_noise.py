@@ -141,7 +141,7 @@ def test_a_door_forced_stays_first_on_the_alerts_after_300_junk_messages(gateway
 def test_status_and_telemetry_writes_are_rate_limited_per_gate(gateway, mosquitto):
     """A gate flooding its status and telemetry gets at most one write of each per second;
     the latest message is the one kept."""
-    store, ingest = gateway
+    store, _ = gateway
     writes = []
     record_status, record_telemetry = store.record_status, store.record_telemetry
     store.record_status = lambda *a: (writes.append("status"), record_status(*a))
@@ -193,9 +193,9 @@ def test_pages_stay_fast_with_50k_rejected_messages(tmp_path, mosquitto):
     gate = publisher(mosquitto.port)
     try:
         total = 50_000
-        for start in range(0, total, 5000):
+        for _ in range(0, total, 5000):
             infos = [gate.publish(wire.events_topic(CENTRE, GATE), b"{junk", qos=1)
-                     for _ in range(5000)]
+                     for _n in range(5000)]
             for info in infos:
                 info.wait_for_publish(60)
         wait_until(lambda: ingest.stats.rejected == total, 180, "50,000 junk messages refused")

@@ -137,11 +137,9 @@ class StandInGate:
 
 
 @pytest.fixture
-def gateway(tmp_path, mosquitto):
-    """A real Ingest and seq watcher over SQLite, and the API a manager reads it through."""
-    from gateway.store import open_store
-
-    store = open_store(tmp_path / "gw.sqlite")
+def gateway(store, mosquitto):
+    """A real Ingest and seq watcher (on each store back-end), and the API a manager reads
+    them through."""
     ingest = Ingest(store, BrokerConfig(port=mosquitto.port))
     ingest.start()
     assert ingest.connected.wait(10)
