@@ -152,6 +152,17 @@ def test_off_assignment_events_are_kept_alerted_and_never_counted(store, mosquit
             "A0001/S1/R01": None, "B0001/S1/R02": "off_assignment_room",
             "Z9999/S1/R01": "not_on_room_roster", "A0002/S0/R01": "session_not_open",
             "A0002/S1/R01": "ts_in_future", "A0003/S1/R01": "ts_stale"}
+        add_user(store, "viewer1", PASSWORD, "viewer")
+        viewer = TestClient(board)
+        viewer.headers["Authorization"] = "Bearer " + viewer.post("/api/login", json={
+            "username": "viewer1", "password": PASSWORD}).json()["token"]
+        room_page = viewer.get("/sessions/S1/rooms/R01").text  # the evidence, on the page
+        assert "Not counted in this room" in room_page
+        for code in ("not_on_room_roster", "ts_in_future", "ts_stale"):
+            assert code in room_page
+        assert "off_assignment_room" in viewer.get("/sessions/S1").text
+        assert {e["admission"] for e in viewer.get("/api/sessions/S1/refused").json()} == {
+            "off_assignment_room", "not_on_room_roster", "ts_in_future", "ts_stale"}
         alerts = refused_alerts(store)
         assert set(alerts) == {"off_assignment_room", "not_on_room_roster", "session_not_open",
                                "ts_in_future", "ts_stale"}

@@ -48,8 +48,10 @@ class StandInGate:
     is answered by publishing the range's rows the outbox still holds, and a ``cmd_ack`` that
     says how many are no longer kept."""
 
-    def __init__(self, port: int, folder: Path, device: str = DEVICE) -> None:
+    def __init__(self, port: int, folder: Path, device: str = DEVICE,
+                 answer: bool = True) -> None:
         self.device = device
+        self.answer = answer  # False: a gate that takes resend requests and does nothing
         self.stream = secrets.token_hex(8)
         self.outbox = Outbox(folder / "outbox.sqlite")
         self.acked: set[int] = set()
@@ -117,7 +119,8 @@ class StandInGate:
             return
         body = json.loads(msg.payload)
         self.resends.append(body)
-        threading.Thread(target=self._resend, args=(body,), daemon=True).start()
+        if self.answer:
+            threading.Thread(target=self._resend, args=(body,), daemon=True).start()
 
     def _resend(self, body: dict[str, Any]) -> None:
         rows = self.rows(body["from_seq"], body["to_seq"]) if body["stream"] == self.stream \
@@ -255,6 +258,26 @@ def test_a_range_the_gate_no_longer_keeps_stays_alerted_and_is_not_asked_again(
         assert len(gate.resends) == 1
         assert gap_alerts(web), "the alert stays: seq 2 is lost for good"
         assert "not kept on the gate" in web.get("/devices").text
+    finally:
+        gate.close()
+
+
+def test_a_range_is_asked_for_at_most_once_a_minute(tmp_path, mosquitto, gateway):
+    store, _, web = gateway
+    gate = StandInGate(mosquitto.port, tmp_path / "gate", answer=False)
+    try:
+        for n in range(4):
+            gate.append(n)
+        gate.publish(0, 1)
+        gate.lose(2)
+        gate.publish(3)
+        wait_until(lambda: gate.resends, 15, "a re-send request for seq 2")
+        time.sleep(5.0)  # many watcher passes, each finding the range still missing
+        assert len(gate.resends) == 1
+        (request,) = store.resend_requests(DEVICE)
+        assert request["acked_at"] is None  # the gate never answered: recorded as such
+        assert gap_alerts(web) and "asked the gate to re-send 1 time" in \
+            gap_alerts(web)[0]["detail"]
     finally:
         gate.close()
 
