@@ -48,6 +48,11 @@ _PLAIN_LEAVES = ("status",)
 #: message wins and is written when the interval has passed (a gate cannot make the gateway
 #: write faster than this, whatever it sends).
 DEVICE_WRITE_INTERVAL_S = 1.0
+#: A status that changes a gate's state (online / offline) is written at once, not after the
+#: interval, up to this many times per gate per ``STATE_CHANGE_WINDOW_S``: the offline alert
+#: must not wait, and a gate flapping on purpose still cannot write faster than that.
+STATE_CHANGES_PER_WINDOW = 20
+STATE_CHANGE_WINDOW_S = 10.0
 #: A raw rejected message of one (device, leaf, kind) is kept as a sample (and logged) at most
 #: this often; every one of them is counted.
 REJECT_SAMPLE_EVERY_S = 10.0
@@ -169,6 +174,8 @@ class Ingest:
         self._pending: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
             "status": {}, "telemetry": {}}
         self._last_write: dict[tuple[str, str], float] = {}
+        self._written_state: dict[str, str] = {}
+        self._state_writes: dict[str, list[float]] = {}
         self._sampled: dict[tuple[str, str, str], float] = {}
         self._known_streams: set[tuple[str, str]] = set()
         # SimpleQueue (C, no per-put condition variable): paho's network thread does nothing
@@ -438,15 +445,28 @@ class Ingest:
             self._stored("event id conflicts",
                          lambda: self.store.record_event_conflicts(conflicts))
 
+    def _state_change_due(self, device: str, doc: dict[str, Any], now: float) -> bool:
+        """Whether a status changing the gate's state may be written before its interval."""
+        if doc.get("state") == self._written_state.get(device):
+            return False
+        recent = [t for t in self._state_writes.get(device, []) if now - t < STATE_CHANGE_WINDOW_S]
+        self._state_writes[device] = recent
+        return len(recent) < STATE_CHANGES_PER_WINDOW
+
     def _flush_device_writes(self, force: bool = False) -> None:
-        """Write the latest status / telemetry of each device whose write interval passed."""
+        """Write the latest status / telemetry of each device whose write interval passed (or
+        whose state changed)."""
         now = time.monotonic()
         for leaf, pending in self._pending.items():
-            for device in [d for d in pending if force or now - self._last_write.get(
-                    (d, leaf), -1e9) >= DEVICE_WRITE_INTERVAL_S]:
+            due = [d for d, (_, doc) in pending.items() if force or now - self._last_write.get(
+                (d, leaf), -1e9) >= DEVICE_WRITE_INTERVAL_S or (
+                leaf == "status" and self._state_change_due(d, doc, now))]
+            for device in due:
                 centre, doc = pending.pop(device)
                 self._last_write[(device, leaf)] = now
                 if leaf == "status":
+                    self._written_state[device] = str(doc.get("state"))
+                    self._state_writes.setdefault(device, []).append(now)
                     self._stored("a status", lambda d=device, c=centre, s=doc:
                                  self.store.record_status(d, c, s))
                 else:

@@ -160,6 +160,10 @@ def test_status_and_telemetry_writes_are_rate_limited_per_gate(gateway, mosquitt
         wait_until(lambda: store.devices() and store.devices()[0]["telemetry"].get("fps")
                    == 399.0 and store.devices()[0]["status"].get("firmware") == "0.399", 10,
                    "the latest status and telemetry stored")
+        # A change of state is not held back: the offline alert must not wait.
+        gate.publish(wire.status_topic(CENTRE, GATE), wire.status_payload(False),
+                     qos=1).wait_for_publish(5)
+        wait_until(lambda: store.devices()[0]["state"] == "offline", 0.5, "offline at once")
     finally:
         gate.loop_stop()
         gate.disconnect()
