@@ -304,3 +304,14 @@ def test_a_replaced_outbox_is_alerted(tmp_path, mosquitto, gateway):
         assert not gap_alerts(web)  # every seq of both streams arrived
     finally:
         new.close()
+
+
+def test_the_gates_resend_answer_is_read_for_what_it_no_longer_keeps():
+    from gateway.ingest import not_kept_count
+
+    # the answer device/commands.py gives (i14-device), and this file's stand-in's
+    assert not_kept_count("re-sending 3 of 5 (seq 2..6); 2 no longer kept") == 2
+    assert not_kept_count("re-sending 1 of 1 (seq 7..7); 0 no longer kept") == 0
+    assert not_kept_count("re-queued 0; 1 no longer kept") == 1
+    assert not_kept_count("none of them kept: not kept any more") == -1
+    assert not_kept_count("pong") is None
