@@ -60,8 +60,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.retire:
         return _retire(store, config)
     ingest = Ingest(store, config.broker, client_id=gw.client_id, centre=gw.centre,
-                    share_group=share_group)
+                    share_group=share_group, clock_skew_s=gw.clock_skew_s)
     ingest.start()
+    from gateway.seqwatch import start_seq_watch
+
+    start_seq_watch(store, ingest, gw, primary=not args.worker_of)  # seq gaps (one process)
     from gateway.outgoing import OutgoingCommands
 
     # Only the first process publishes queued commands (a worker child would send them twice).
@@ -185,7 +188,7 @@ def _retire(store: Store, config: GatewayConfig, quiet_s: float = 3.0) -> int:
 
     gw = config.gateway
     ingest = Ingest(store, config.broker, client_id=gw.client_id, centre=gw.centre,
-                    share_group=gw.share_group, retire=True)
+                    share_group=gw.share_group, retire=True, clock_skew_s=gw.clock_skew_s)
     ingest.start()
     if not ingest.connected.wait(30):
         log.error("could not reach the broker as %s; nothing changed", gw.client_id)
@@ -337,6 +340,7 @@ def _cmd_session(args: argparse.Namespace) -> int:
         return 2
     store = _store(args)
     store.upsert_session({"session_id": args.session_id, **body.model_dump()})
+    store.audit(_cli_user(), "session_put", args.session_id, body.model_dump())
     print(f"session {args.session_id} saved")
     return 0
 
@@ -357,6 +361,8 @@ def _cmd_roster(args: argparse.Namespace) -> int:
         log.error("roster not imported: %d error(s); nothing was changed", len(result.errors))
         return 1
     count = store.replace_roster(args.session_id, result.entries)
+    store.audit(_cli_user(), "roster_import", args.session_id,
+                {"entries": count, "file": str(args.csv)})
     print(f"imported {count} applicants into {args.session_id}")
     return 0
 
@@ -364,8 +370,55 @@ def _cmd_roster(args: argparse.Namespace) -> int:
 def _cmd_purge(args: argparse.Namespace) -> int:
     store = _store(args)
     changed = store.purge_biometric(args.days * 86400)
+    store.audit(_cli_user(), "retention_purge", None, {"days": args.days, "events": changed})
     print(f"blanked scores and frame references of {changed} events older than "
           f"{args.days} days")
+    return 0
+
+
+def _cli_user() -> str:
+    """Who the audit log names for a command run on the gateway's machine."""
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _cmd_assign(args: argparse.Namespace) -> int:
+    """``assign DEVICE --centre C --room R [--session S]``, ``assign --from FILE``,
+    ``assign DEVICE --remove``, ``assign --list``."""
+    from gateway.assignments import AssignmentError, assign, assign_many, read_assignments
+    from gateway.assignments import unassign as remove
+
+    store = _store(args)
+    who = _cli_user()
+    try:
+        if args.list:
+            for a in store.assignments():
+                print(f"{a['device_id']}\tcentre {a['centre']}\troom {a['room']}\tsession "
+                      f"{a['session'] or '(any open session)'}\tby {a['assigned_by']}")
+            return 0
+        if args.from_file is not None:
+            if args.device:
+                raise AssignmentError("give either DEVICE or --from FILE, not both")
+            rows = read_assignments(args.from_file, centre=args.centre)
+            count = assign_many(store, rows, who, source=str(args.from_file))
+            print(f"assigned {count} gates from {args.from_file}")
+            return 0
+        if not args.device:
+            raise AssignmentError("give a DEVICE (with --centre and --room), --from FILE, "
+                                  "or --list")
+        if args.remove:
+            print(f"{args.device}: " + ("assignment removed" if remove(store, args.device, who)
+                                        else "had no assignment"))
+            return 0
+        if not args.centre or not args.room:
+            raise AssignmentError("--centre and --room: required to assign a gate")
+        row = assign(store, args.device, args.centre, args.room, args.session, who)
+    except AssignmentError as exc:
+        log.error("nothing assigned: %s", exc)
+        return 2
+    print(f"{row['device_id']} assigned to centre {row['centre']}, room {row['room']}, "
+          f"session {row['session'] or '(any open session of the centre)'}")
     return 0
 
 
@@ -385,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--broker-host", help="MQTT broker host (default 127.0.0.1)")
     run.add_argument("--broker-port", type=int, help="MQTT broker port (default 1883)")
     run.add_argument("--mqtt-protocol", type=int, choices=(3, 5),
-                     help="3 = MQTT 3.1.1 (the gateway's default), 5 = MQTT 5")
+                     help="5 = MQTT 5 (the default; [broker] protocol), 3 = MQTT 3.1.1")
     run.add_argument("--client-id", help="MQTT client id (unique per worker)")
     run.add_argument("--share-group", help="join this MQTT shared-subscription group")
     run.add_argument("--ingest-workers", type=int, metavar="N",
@@ -494,6 +547,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "retention period is blanked; attendance (who, where, when) is kept."))
     purge.add_argument("--days", type=float, required=True)
     purge.set_defaults(func=_cmd_purge)
+
+    assign_cmd = with_store(sub.add_parser(
+        "assign", help="assign a gate to its room (and session)",
+        description="A gate admits only for its assignment: events for another room or "
+                    "session, applicants not on the room's roster or sessions not open are "
+                    "kept but not counted. Assign one gate, or every gate of a provisioning "
+                    "centre folder (devices/<id>/device.json), a JSON list or a CSV file "
+                    "(device_id, centre, room, session) with --from. Audited."))
+    assign_cmd.add_argument("device", nargs="?", help="the gate's device id")
+    assign_cmd.add_argument("--centre", help="its centre (with --from: for records without one)")
+    assign_cmd.add_argument("--room", help="its room")
+    assign_cmd.add_argument("--session",
+                            help="one session only (default: any open session of the centre)")
+    assign_cmd.add_argument("--from", dest="from_file", type=Path, metavar="FILE",
+                            help="a centre folder, centre.json, JSON or CSV list of gates")
+    assign_cmd.add_argument("--remove", action="store_true", help="remove DEVICE's assignment")
+    assign_cmd.add_argument("--list", action="store_true", help="print every assignment")
+    assign_cmd.set_defaults(func=_cmd_assign)
     return parser
 
 

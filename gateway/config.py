@@ -40,6 +40,15 @@ class ServiceConfig:
     #: Days after which match scores and frame references (biometric-adjacent) are blanked;
     #: attendance facts are kept. Checked hourly while the gateway runs. 0 = never.
     retention_days: float = 30.0
+    # -- seq gaps and admission (gateway/seqwatch.py, gateway/admission.py) --
+    #: A missing seq range older than this makes the gateway ask the gate to re-send it.
+    gap_resend_s: float = 10.0
+    #: A missing seq range older than this is a ``seq_gap`` alert.
+    gap_alert_s: float = 60.0
+    #: Tolerance between a gate's clock and the gateway's (5..900 s; docs/gateway.md, "Clock
+    #: tolerance"): events stamped further in the future, or older without an outage to
+    #: explain it, are kept as evidence but not counted in attendance.
+    clock_skew_s: float = 120.0
 
     # ---- the web tier (its own process; docs/gateway.md "Logins", "HTTPS", "Process layout")
     #: Serve the dashboard over HTTPS with this certificate (PEM, the chain after the leaf) and
@@ -83,6 +92,10 @@ class ServiceConfig:
         require(self.share_group is None or (bool(self.share_group) and not any(
             c in self.share_group for c in "/+#")), "share_group",
             "must be a plain name (no '/', '+' or '#')")
+        require(1 <= self.gap_resend_s <= 3600, "gap_resend_s", "must be 1..3600 seconds")
+        require(1 <= self.gap_alert_s <= 86400, "gap_alert_s", "must be 1..86400 seconds")
+        require(5 <= self.clock_skew_s <= 900, "clock_skew_s",
+                f"must be 5..900 seconds, got {self.clock_skew_s}")
         self._check_web()
 
     def _check_web(self) -> None:

@@ -142,17 +142,18 @@ def resolve_mqtt_identity(config: GatewayConfig, *, workers: int, worker: bool,
 def watch_session(client: mqtt.Client, client_id: str) -> None:
     """Make ``client`` (the ingest's) say when the broker took its session away, and why.
 
-    Call after ``client.on_connect`` is set (it is wrapped). Logs an ERROR when the broker
-    disconnects it with "Session taken over" (MQTT 5 reason code 0x8E: another connection with
-    the same client id, i.e. the same certificate), and when a reconnect finds the broker no
-    longer holds the session this process had (CONNACK session-present false): someone
-    connected with the same identity and a clean session, so what the broker queued for the
-    gateway meanwhile is gone. Mosquitto 2.0.11 sends no 0x8E (measured: it closes the
-    socket), so on it the second ERROR is the one that names the cause. Any other unexpected
-    loss is a WARNING (paho reconnects by itself).
+    Call after ``client.on_connect`` and ``client.on_disconnect`` are set (both are wrapped).
+    Logs an ERROR when the broker disconnects it with "Session taken over" (MQTT 5 reason code
+    0x8E: another connection with the same client id, i.e. the same certificate), and when a
+    reconnect finds the broker no longer holds the session this process had (CONNACK session-
+    present false): someone connected with the same identity and a clean session, so what the
+    broker queued for the gateway meanwhile is gone. Mosquitto 2.0.11 sends no 0x8E (measured:
+    it closes the socket), so on it the second ERROR is the one that names the cause. Any other
+    unexpected loss is a WARNING (paho reconnects by itself).
     """
     had_session = threading.Event()
     inner_connect = client.on_connect
+    inner_disconnect = client.on_disconnect
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                    properties: Any = None) -> None:
@@ -184,6 +185,8 @@ def watch_session(client: mqtt.Client, client_id: str) -> None:
             log.warning("connection to the broker lost as %s (%s); reconnecting. If this "
                         "repeats every few seconds, another process connects with the same "
                         "certificate and the broker hands it this session", client_id, reason)
+        if inner_disconnect is not None:
+            inner_disconnect(client, userdata, flags, reason, properties)
 
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect

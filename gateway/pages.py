@@ -82,7 +82,8 @@ def _frag_session(store: Any, params: dict[str, str]) -> dict[str, Any]:
     return {"att": attendance, "totals": totals(attendance["rooms"]),
             "series": checkins_per_minute(store, params["session"]),
             "alerts_by_room": {r["room"]: sum(1 for a in alerts if a["room"] == r["room"])
-                               for r in attendance["rooms"]}}
+                               for r in attendance["rooms"]},
+            "refused": store.refused_events(params["session"], limit=50)}
 
 
 def _frag_room(store: Any, params: dict[str, str]) -> dict[str, Any]:
@@ -92,7 +93,8 @@ def _frag_room(store: Any, params: dict[str, str]) -> dict[str, Any]:
     room = params["room"]
     tally = next((r for r in attendance["rooms"] if r["room"] == room), None)
     return {"att": attendance, "room": room, "tally": tally,
-            "people": [a for a in attendance["applicants"] if a["room"] == room]}
+            "people": [a for a in attendance["applicants"] if a["room"] == room],
+            "refused": store.refused_events(params["session"], room, limit=100)}
 
 
 def _frag_devices(store: Any, params: dict[str, str]) -> dict[str, Any]:
@@ -128,13 +130,13 @@ def clock_filter(offset: timedelta) -> Callable[..., str]:
     """Jinja filter: an ISO 8601 time shown as HH:MM:SS on the centre's wall clock."""
     zone = timezone(offset)
 
-    def clock(ts: str | None, empty: str = "") -> str:
+    def clock(ts: Any, empty: str = "") -> str:
         if not ts:
             return empty
         try:
             return parse_time(ts).astimezone(zone).strftime("%H:%M:%S")
-        except ValueError:
-            return str(ts)[:19]
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            return str(ts)[:19]  # never a 500 for a value a page did not expect
 
     return clock
 

@@ -36,12 +36,30 @@ def _rows(attendance: dict[str, Any], room: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+#: A spreadsheet runs a cell starting with one of these as a formula (``=HYPERLINK(...)``,
+#: ``@SUM(...)``, DDE through ``+``/``-``); tab and CR start one in some importers.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: Any) -> Any:
+    """``value`` for a CSV export: text that a spreadsheet would run as a formula gets a
+    leading ``'`` (OWASP's advice), so a name, reason or user name typed as ``=cmd|...`` is
+    shown, never executed. Numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _safe_rows(rows: Any) -> list[dict[str, Any]]:
+    return [{k: safe_cell(v) for k, v in row.items()} for row in rows]
+
+
 def attendance_csv(attendance: dict[str, Any], room: str | None = None) -> str:
     """One line per roster entry (of ``room``, or every room)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, ATTENDANCE_COLUMNS)
     writer.writeheader()
-    writer.writerows(_rows(attendance, room))
+    writer.writerows(_safe_rows(_rows(attendance, room)))
     return out.getvalue()
 
 
@@ -50,7 +68,7 @@ def audit_csv(entries: Sequence[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, ("id", "ts", "username", "action", "target", "detail"))
     writer.writeheader()
-    writer.writerows({k: e.get(k) for k in writer.fieldnames} for e in entries)
+    writer.writerows(_safe_rows({k: e.get(k) for k in writer.fieldnames} for e in entries))
     return out.getvalue()
 
 

@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gerbang.wire import AlarmEvent, CheckinEvent
+from gerbang.wire import ID_PATTERN, TOPIC_ROOT, AlarmEvent, CheckinEvent
 
 EVENT_COLUMNS = ("event_id", "device_id", "centre", "room", "session", "seq", "ts", "outcome",
                  "reason", "applicant_id", "score", "latency_ms", "frame_ref", "card_id", "mode")
 _event_row = operator.attrgetter(*EVENT_COLUMNS)
+#: What ``insert_events`` writes per event: the wire fields, the outbox stream (``""`` for a
+#: gate older than streams), the admission verdict (NULL = admitted) and the receive time.
+_INSERT_COLUMNS = (*EVENT_COLUMNS, "stream", "admission", "received_at")
+#: How many raw rejected messages are kept as a sample (the counts per device, topic leaf and
+#: error kind are kept in ``reject_counts``, without bound on the count and in a bounded table).
+REJECT_SAMPLE = 1000
+#: Topic leaves a reject is filed under; anything else is filed as ``other`` (a hostile topic
+#: must not create rows of its own).
+_REJECT_LEAVES = ("events", "status", "alarms", "telemetry", "cmd_ack")
 
 # (version, description, DDL with {real} / {serial} placeholders for the dialect's types)
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -82,6 +92,49 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             client_id TEXT PRIMARY KEY, updated_at {real} NOT NULL, received BIGINT NOT NULL,
             stored BIGINT NOT NULL, duplicates BIGINT NOT NULL, rejected BIGINT NOT NULL);
     """),
+    (5, "outbox streams and seq gaps, admission of events, device assignments", """
+        ALTER TABLE events ADD COLUMN stream TEXT NOT NULL DEFAULT '';
+        ALTER TABLE events ADD COLUMN admission TEXT;
+        DROP INDEX events_device_seq;
+        CREATE INDEX events_device_stream_seq ON events (device_id, stream, seq);
+        CREATE INDEX events_refused ON events (admission) WHERE admission IS NOT NULL;
+        ALTER TABLE alarms ADD COLUMN stream TEXT NOT NULL DEFAULT '';
+        CREATE INDEX alarms_device_stream_seq ON alarms (device_id, stream, seq);
+        CREATE TABLE device_assignments (
+            device_id TEXT PRIMARY KEY, centre TEXT NOT NULL, room TEXT NOT NULL,
+            session TEXT, assigned_by TEXT NOT NULL, assigned_at {real} NOT NULL);
+        CREATE TABLE gateway_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+        INSERT INTO gateway_meta (name, value) VALUES ('admission_config', 0);
+        CREATE TABLE seq_streams (
+            device_id TEXT NOT NULL, stream TEXT NOT NULL, centre TEXT NOT NULL,
+            first_seen_at {real} NOT NULL, first_seq BIGINT, start_seq BIGINT,
+            contiguous_below BIGINT, top BIGINT, top_changed_at {real}, above_count BIGINT,
+            reported_next_seq BIGINT, reported_acked_below BIGINT, reported_at {real},
+            missing TEXT NOT NULL DEFAULT '[]', not_kept TEXT NOT NULL DEFAULT '[]',
+            alerted_since {real}, resends BIGINT NOT NULL DEFAULT 0,
+            replaced_from TEXT, replaced_checked BIGINT NOT NULL DEFAULT 0, closed_at {real},
+            updated_at {real}, PRIMARY KEY (device_id, stream));
+        CREATE TABLE resend_requests (
+            id {serial}, device_id TEXT NOT NULL, centre TEXT NOT NULL, stream TEXT NOT NULL,
+            from_seq BIGINT NOT NULL, to_seq BIGINT NOT NULL, requested_at {real} NOT NULL,
+            acked_at {real}, ok BIGINT, detail TEXT, not_kept BIGINT,
+            handled BIGINT NOT NULL DEFAULT 0);
+        CREATE INDEX resend_requests_stream ON resend_requests (device_id, stream, requested_at)
+    """),
+    (6, "rejected messages counted per device, leaf and kind; event id conflicts", """
+        CREATE TABLE reject_counts (
+            id {serial}, device_id TEXT NOT NULL, leaf TEXT NOT NULL, kind TEXT NOT NULL,
+            count BIGINT NOT NULL, first_at {real} NOT NULL, last_at {real} NOT NULL,
+            last_error TEXT, UNIQUE (device_id, leaf, kind));
+        INSERT INTO reject_counts (device_id, leaf, kind, count, first_at, last_at, last_error)
+            SELECT '', 'other', 'rejected before counting', n, f, l, e FROM (
+                SELECT count(*) AS n, min(received_at) AS f, max(received_at) AS l,
+                       max(error) AS e FROM rejects) AS old WHERE n > 0;
+        DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - 1000;
+        CREATE TABLE event_conflicts (
+            event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, fields TEXT NOT NULL,
+            count BIGINT NOT NULL, first_at {real} NOT NULL, last_at {real} NOT NULL)
+    """),
     # ---- web tier (helper "web"): 7-8 ----------------------------------------------------------
     (7, "login lock-outs per username and client address; accounts can be disabled", """
         CREATE TABLE login_throttle (
@@ -100,15 +153,102 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     """),
 ]
 
+# Only admitted events count (admission IS NULL); ``not_admitted`` counts the others, which
+# are kept as evidence (gateway/admission.py).
 _ROOM_SUMMARY = """
     SELECT session, room,
-           count(DISTINCT CASE WHEN outcome = 'accepted' THEN applicant_id END) AS present,
-           sum(CASE WHEN outcome = 'accepted' THEN 1 ELSE 0 END) AS accepted_events,
-           sum(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END) AS refused,
-           sum(CASE WHEN outcome = 'no_face' THEN 1 ELSE 0 END) AS no_face,
-           max(CASE WHEN outcome = 'accepted' THEN ts END) AS last_checkin,
+           count(DISTINCT CASE WHEN outcome = 'accepted' AND admission IS NULL
+                 THEN applicant_id END) AS present,
+           sum(CASE WHEN outcome = 'accepted' AND admission IS NULL THEN 1 ELSE 0 END)
+               AS accepted_events,
+           sum(CASE WHEN outcome = 'refused' AND admission IS NULL THEN 1 ELSE 0 END) AS refused,
+           sum(CASE WHEN outcome = 'no_face' AND admission IS NULL THEN 1 ELSE 0 END) AS no_face,
+           sum(CASE WHEN admission IS NOT NULL THEN 1 ELSE 0 END) AS not_admitted,
+           max(CASE WHEN outcome = 'accepted' AND admission IS NULL THEN ts END) AS last_checkin,
            count(DISTINCT device_id) AS gates
     FROM events GROUP BY session, room ORDER BY session, room"""
+_SUMMARY_COUNTS = ("present", "accepted_events", "refused", "no_face", "not_admitted", "gates")
+
+
+def reject_key(topic: str, error: str) -> tuple[str, str, str]:
+    """``(device, topic leaf, error kind)`` a refused message is counted under.
+
+    The kind is the error's stable part: what precedes its first ``:`` (the field name, e.g.
+    ``seq``) or ``got``, with digits blanked, so "payload is 20000 bytes" and "payload is 17000
+    bytes" count as one kind and a hostile value never makes a kind of its own."""
+    device, leaf = "", "other"
+    parts = topic.split("/")
+    if len(parts) >= 5 and "/".join(parts[:2]) == TOPIC_ROOT and ID_PATTERN.match(parts[3]):
+        device = parts[3]
+        leaf = parts[4] if len(parts) == 5 and parts[4] in _REJECT_LEAVES else "other"
+    head = re.split(r":| got |, ", error, maxsplit=1)[0]
+    kind = re.sub(r"\d+", "#", head).strip()[:80] or "unknown"
+    return device, leaf, kind
+
+
+def _iso(epoch: float | None) -> str:
+    """An epoch time as the contract's ISO 8601 UTC text ("" for None)."""
+    from datetime import UTC, datetime
+
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(float(epoch), UTC).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _same_value(sent: Any, stored: Any) -> bool:
+    """Whether a field of a redelivered event equals the stored one (numbers compare as
+    numbers: SQLite may hand back 40 for 40.0)."""
+    if isinstance(sent, int | float) and isinstance(stored, int | float):
+        return float(sent) == float(stored)
+    return sent == stored
+
+
+def _valid_json(text: str | None, what: str) -> dict[str, Any]:
+    """A stored status or telemetry document as the wire contract accepts it: ``{}`` when it
+    is not JSON (truncated by an older gateway), and only the valid fields otherwise. Pages
+    render these on every refresh, so they must never raise."""
+    from gerbang import wire
+
+    if not text:
+        return {}
+    try:
+        return (wire.parse_status if what == "status" else wire.parse_telemetry)(text)
+    except (wire.WireError, ValueError, TypeError):
+        pass
+    try:  # an old row: keep what each field's validation accepts on its own
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return {"invalid": True}
+    if not isinstance(data, dict):
+        return {"invalid": True}
+    parse = wire.parse_status if what == "status" else wire.parse_telemetry
+    kept: dict[str, Any] = {"invalid": True}
+    base = {"state": data.get("state")} if what == "status" else {}
+    for key, value in list(data.items())[:64]:
+        if key in ("schema", "state"):
+            continue
+        try:
+            kept.update({k: v for k, v in parse(json.dumps({**base, key: value})).items()
+                         if k not in ("schema",)})
+        except (wire.WireError, ValueError, TypeError, RecursionError):
+            continue
+    if what == "status" and isinstance(data.get("state"), str) and data["state"] in (
+            "online", "offline"):
+        kept["state"] = data["state"]
+    return kept
+
+
+def _stream_view(row: dict[str, Any]) -> dict[str, Any]:
+    """One outbox stream as the devices page and ``/api/devices`` show it."""
+    contiguous = row["contiguous_below"]
+    return {"stream": row["stream"], "first_seq": row["first_seq"],
+            "contiguous_seq": None if contiguous is None else int(contiguous) - 1,
+            "top_seq": row["top"], "acked_below": row["reported_acked_below"],
+            "missing": [[int(a), int(b)] for a, b, *_ in row["missing"]],
+            "not_kept": [[int(a), int(b)] for a, b in row["not_kept"]],
+            "resends": int(row["resends"] or 0), "replaced_from": row["replaced_from"],
+            "closed": row["closed_at"] is not None}
 
 
 class Store:
@@ -152,19 +292,72 @@ class Store:
         rows = self._execute("SELECT max(version) AS v FROM schema_migrations")
         return int(rows[0]["v"] or 0)
 
-    def insert_events(self, events: Iterable[CheckinEvent]) -> int:
-        """Store events not seen before in one transaction; returns how many were new."""
+    def insert_events(self, events: Sequence[CheckinEvent],
+                      admissions: Sequence[str | None] | None = None) -> int:
+        """Store events not seen before in one transaction; returns how many were new.
+
+        ``admissions`` gives each event's admission verdict (None = admitted, else the refusal
+        code of gateway/admission.py); without it every event is stored as admitted."""
         now = time.time()
-        rows = [(*_event_row(e), now) for e in events]
+        if admissions is None:
+            rows = [(*_event_row(e), e.stream or "", None, now) for e in events]
+        else:
+            rows = [(*_event_row(e), e.stream or "", verdict, now)
+                    for e, verdict in zip(events, admissions, strict=True)]
         if not rows:
             return 0
         return self._executemany(
-            f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}, received_at) "
-            f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))}) "
+            f"INSERT INTO events ({', '.join(_INSERT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))}) "
             "ON CONFLICT (event_id) DO NOTHING", rows)
 
+    def event_conflicts_among(self, events: Sequence[CheckinEvent]) -> list[tuple[str, str, str]]:
+        """``(event_id, device_id, differing fields)`` for each of ``events`` whose id is stored
+        with other content (the stored event is kept; a redelivery has the same content).
+        Only called for a batch that had duplicates, so it costs nothing on the hot path."""
+        by_id = {e.event_id: e for e in events}
+        if not by_id:
+            return []
+        stored: dict[str, dict[str, Any]] = {}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for row in self._execute(
+                    f"SELECT {', '.join(EVENT_COLUMNS)}, stream FROM events WHERE event_id IN "
+                    f"({', '.join('?' * len(chunk))})", chunk):
+                stored[row["event_id"]] = row
+        conflicts = []
+        for event in events:
+            row = stored.get(event.event_id)
+            if row is None:
+                continue
+            sent = dict(zip(EVENT_COLUMNS, _event_row(event), strict=True))
+            sent["stream"] = event.stream or ""
+            differ = [name for name, value in sent.items()
+                      if not _same_value(value, row.get(name))]
+            if differ:
+                conflicts.append((event.event_id, event.device_id, ",".join(differ)))
+        return conflicts
+
+    def record_event_conflicts(self, conflicts: Sequence[tuple[str, str, str]]) -> None:
+        """Count events that reused a stored ``event_id`` with other content (an alert)."""
+        now = time.time()
+        self._executemany(
+            "INSERT INTO event_conflicts (event_id, device_id, fields, count, first_at, last_at) "
+            "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (event_id) DO UPDATE SET "
+            "count = event_conflicts.count + 1, last_at = excluded.last_at, "
+            "fields = excluded.fields",
+            [(event_id, device_id, fields[:300], now, now)
+             for event_id, device_id, fields in conflicts])
+
+    def event_conflicts(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Event ids that arrived again with other content, newest first."""
+        return self._execute("SELECT * FROM event_conflicts ORDER BY last_at DESC LIMIT ?",
+                             (limit,))
+
     def record_status(self, device_id: str, centre: str, status: dict[str, Any]) -> None:
-        """Remember a device's latest birth/last-will message."""
+        """Remember a device's latest birth/last-will message (as ``wire.parse_status``
+        returned it: the ingest stores nothing else)."""
         self._executemany(
             "INSERT INTO devices (device_id, centre, state, last_seen, status) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
@@ -176,80 +369,330 @@ class Store:
     def record_alarms(self, alarms: Iterable[AlarmEvent]) -> int:
         """Store alarms not seen before (redeliveries change nothing); returns how many new."""
         now = time.time()
-        rows = [(a.alarm_id, a.device_id, a.centre, a.seq, a.alarm, a.ts, a.detail, now)
-                for a in alarms]
+        rows = [(a.alarm_id, a.device_id, a.centre, a.seq, a.stream or "", a.alarm, a.ts,
+                 a.detail, now) for a in alarms]
         if not rows:
             return 0
         return self._executemany(
-            "INSERT INTO alarms (alarm_id, device_id, centre, seq, alarm, ts, detail, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id) DO NOTHING",
+            "INSERT INTO alarms (alarm_id, device_id, centre, seq, stream, alarm, ts, detail, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (alarm_id) DO NOTHING",
             rows)
 
     def record_telemetry(self, device_id: str, centre: str, telemetry: dict[str, Any]) -> None:
-        """Keep only a device's latest telemetry (history belongs in a metrics system)."""
+        """Keep only a device's latest telemetry (history belongs in a metrics system). Whole
+        JSON only (``wire.parse_telemetry`` bounds it): a truncated document would break every
+        page that shows the device."""
         self._executemany(
             "INSERT INTO devices (device_id, centre, state, telemetry, telemetry_at) "
             "VALUES (?, ?, 'unknown', ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
             "telemetry = excluded.telemetry, telemetry_at = excluded.telemetry_at",
-            [(device_id, centre, json.dumps(telemetry)[:4000], time.time())])
+            [(device_id, centre, json.dumps(telemetry), time.time())])
 
     def record_reject(self, topic: str, error: str) -> None:
-        """Keep a trace of a refused message (never its payload: it may be hostile or huge)."""
-        self._executemany("INSERT INTO rejects (received_at, topic, error) VALUES (?, ?, ?)",
-                          [(time.time(), topic[:200], error[:300])])
+        """Count one refused message (see ``record_rejects``) and keep it as a sample."""
+        device, leaf, kind = reject_key(topic, error)
+        now = time.time()
+        self.record_rejects([(device, leaf, kind, 1, now, now, error)], [(topic, error, now)])
+
+    def record_rejects(self, counts: Sequence[tuple[str, str, str, int, float, float, str]],
+                       samples: Sequence[tuple[str, str, float]] = ()) -> None:
+        """Add refused messages to the counts per ``(device, topic leaf, error kind)``
+        (``(device, leaf, kind, count, first_at, last_at, last error)`` rows), and keep
+        ``samples`` (``(topic, error, received_at)``) as the newest of a bounded sample of raw
+        rejects. Never the payload: it may be hostile or huge. One junk message costs a counter
+        update, not a row, so a gate cannot grow the store or slow the pages with them."""
+        steps: list[tuple[str, list[tuple[Any, ...]]]] = [(
+            "INSERT INTO reject_counts (device_id, leaf, kind, count, first_at, last_at, "
+            "last_error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, leaf, kind) "
+            "DO UPDATE SET count = reject_counts.count + excluded.count, "
+            "last_at = excluded.last_at, last_error = excluded.last_error",
+            [(d, leaf, kind[:80], int(n), first, last, error[:300])
+             for d, leaf, kind, n, first, last, error in counts])]
+        if samples:
+            steps.append(("INSERT INTO rejects (received_at, topic, error) VALUES (?, ?, ?)",
+                          [(at, topic[:200], error[:300]) for topic, error, at in samples]))
+            steps.append(("DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?",
+                          [(REJECT_SAMPLE,)]))
+        self._transaction(steps)
+
+    def reject_counts(self) -> list[dict[str, Any]]:
+        """Refused messages counted per device, topic leaf and error kind, latest first."""
+        return self._execute("SELECT * FROM reject_counts ORDER BY last_at DESC, id")
 
     def room_summary(self) -> list[dict[str, Any]]:
-        """Per session and room: applicants admitted, refusals, no-face frames, last check-in."""
-        return [{k: (int(v) if k in ("present", "accepted_events", "refused", "no_face",
-                                     "gates") and v is not None else v) for k, v in r.items()}
-                for r in self._execute(_ROOM_SUMMARY)]
+        """Per session and room: applicants admitted, refusals, no-face frames, last check-in
+        (admitted events only) and how many events were not admitted."""
+        return [{k: (int(v) if k in _SUMMARY_COUNTS and v is not None else v)
+                 for k, v in r.items()} for r in self._execute(_ROOM_SUMMARY)]
 
     def recent_events(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest events, newest first."""
         return self._execute(
             "SELECT event_id, device_id, room, session, seq, ts, outcome, reason, applicant_id, "
-            "score, latency_ms FROM events ORDER BY received_at DESC, seq DESC LIMIT ?", (limit,))
+            "score, latency_ms, admission FROM events ORDER BY received_at DESC, seq DESC "
+            "LIMIT ?", (limit,))
 
     def events(self) -> list[dict[str, Any]]:
         """Every stored event (for exports, demos and tests)."""
-        return self._execute("SELECT * FROM events ORDER BY device_id, seq")
+        return self._execute("SELECT * FROM events ORDER BY device_id, stream, seq")
 
     def rejects(self) -> list[dict[str, Any]]:
-        """Refused messages, oldest first (``ts`` is when they arrived, ISO 8601 UTC)."""
-        from datetime import UTC, datetime
-
-        return [{**r, "ts": datetime.fromtimestamp(r["received_at"], UTC).isoformat(
-                    timespec="milliseconds").replace("+00:00", "Z")}
+        """The sample of refused messages (the newest ``REJECT_SAMPLE``), oldest first (``ts``
+        is when they arrived, ISO 8601 UTC). The counts are in ``reject_counts``."""
+        return [{**r, "ts": _iso(r["received_at"])}
                 for r in self._execute("SELECT id, topic, error, received_at FROM rejects "
                                        "ORDER BY id")]
 
     def change_token(self) -> tuple[Any, ...]:
         """Cheap fingerprint of everything the live pages show: it changes when they must."""
         (row,) = self._execute(
-            "SELECT (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM rejects) AS r, "
+            "SELECT (SELECT count(*) FROM events) AS e, "
+            "(SELECT max(last_at) FROM reject_counts) AS r, "
             "(SELECT count(*) FROM alarms) AS a, (SELECT count(*) FROM alert_acks) AS k, "
             "(SELECT max(id) FROM overrides) AS o, (SELECT count(*) FROM roster) AS n, "
             "(SELECT max(last_seen) FROM devices) AS d, (SELECT max(telemetry_at) FROM devices) "
-            "AS t, (SELECT count(*) FROM exam_sessions) AS s")
+            "AS t, (SELECT count(*) FROM exam_sessions) AS s, "
+            "(SELECT max(updated_at) FROM seq_streams) AS q, "
+            "(SELECT value FROM gateway_meta WHERE name = 'admission_config') AS c, "
+            "(SELECT max(last_at) FROM event_conflicts) AS x, (SELECT max(id) FROM audit) AS u")
         return tuple(row.values())
 
     def devices(self) -> list[dict[str, Any]]:
-        """Known devices, their last status (birth / last will) and latest telemetry."""
-        return [{**r, "status": json.loads(r["status"] or "{}"),
-                 "telemetry": json.loads(r["telemetry"] or "{}")}
+        """Known devices, their last status (birth / last will), latest telemetry, and their
+        outbox streams (``streams``: contiguous seq and missing ranges, from seq_streams).
+
+        Rendered on every page, so read defensively: a row written by an older gateway (a
+        truncated telemetry document, a status with a number for ``ts``) is shown as what
+        ``wire.parse_status`` / ``wire.parse_telemetry`` still accept, never as a 500."""
+        streams: dict[str, list[dict[str, Any]]] = {}
+        for s in self.seq_streams():
+            streams.setdefault(s["device_id"], []).append(_stream_view(s))
+        return [{**r, "status": _valid_json(r["status"], "status"),
+                 "telemetry": _valid_json(r["telemetry"], "telemetry"),
+                 "streams": streams.get(r["device_id"], [])}
                 for r in self._execute("SELECT * FROM devices ORDER BY device_id")]
+
+    def device_states(self) -> dict[str, dict[str, Any]]:
+        """``{device_id: {state, last_seen, centre}}`` without decoding status documents."""
+        return {r["device_id"]: r for r in self._execute(
+            "SELECT device_id, centre, state, last_seen FROM devices")}
+
+    def device_outboxes(self) -> list[dict[str, Any]]:
+        """The outbox position each device last reported (birth and telemetry), validated:
+        ``{device_id, centre, status_outbox, telemetry_outbox}`` (None where absent)."""
+        out = []
+        for r in self._execute("SELECT device_id, centre, status, telemetry FROM devices"):
+            status = _valid_json(r["status"], "status")
+            telemetry = _valid_json(r["telemetry"], "telemetry")
+            out.append({"device_id": r["device_id"], "centre": r["centre"],
+                        "status_outbox": status.get("outbox"),
+                        "telemetry_outbox": telemetry.get("outbox")})
+        return out
+
+    # ---- device assignments and admission ---------------------------------------------------
+
+    def _bump_admission_config(self) -> tuple[str, list[tuple[Any, ...]]]:
+        """The step that tells ingest processes their admission lookups are out of date."""
+        return ("UPDATE gateway_meta SET value = value + 1 WHERE name = 'admission_config'",
+                [()])
+
+    def admission_config_version(self) -> int:
+        """Changes whenever an assignment, a session or a roster changes."""
+        rows = self._execute("SELECT value FROM gateway_meta WHERE name = 'admission_config'")
+        return int(rows[0]["value"]) if rows else 0
+
+    def put_assignment(self, device_id: str, centre: str, room: str, session: str | None,
+                       assigned_by: str) -> None:
+        """Assign a gate to a room (and one session, or None: any open session of its
+        centre). Its events off that assignment are refused from attendance."""
+        self._transaction([(
+            "INSERT INTO device_assignments (device_id, centre, room, session, assigned_by, "
+            "assigned_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+            "centre = excluded.centre, room = excluded.room, session = excluded.session, "
+            "assigned_by = excluded.assigned_by, assigned_at = excluded.assigned_at",
+            [(device_id, centre, room, session, assigned_by, time.time())]),
+            self._bump_admission_config()])
+
+    def delete_assignment(self, device_id: str) -> None:
+        """Unassign a gate (its new events are refused as ``unassigned_device``)."""
+        self._transaction([("DELETE FROM device_assignments WHERE device_id = ?",
+                            [(device_id,)]), self._bump_admission_config()])
+
+    def assignments(self) -> list[dict[str, Any]]:
+        """Every gate's assignment, by device id."""
+        return self._execute("SELECT * FROM device_assignments ORDER BY device_id")
+
+    def roster_entries(self) -> list[dict[str, Any]]:
+        """``(session_id, room, applicant_id)`` of every roster (admission's lookup)."""
+        return self._execute("SELECT session_id, room, applicant_id FROM roster")
+
+    def config_refused_events(self, codes: Sequence[str]) -> list[dict[str, Any]]:
+        """Events refused with one of ``codes`` (what a changed assignment, session or roster
+        may admit now)."""
+        return self._execute(
+            "SELECT event_id, device_id, centre, room, session, ts, outcome, applicant_id, "
+            f"admission FROM events WHERE admission IS NOT NULL AND admission IN "
+            f"({', '.join('?' * len(codes))})", tuple(codes))
+
+    def set_admissions(self, verdicts: Sequence[tuple[str | None, str]]) -> int:
+        """Change stored admission verdicts: ``(verdict, event_id)`` rows; returns how many."""
+        if not verdicts:
+            return 0
+        return self._executemany("UPDATE events SET admission = ? WHERE event_id = ?",
+                                 list(verdicts))
+
+    def refused_events(self, session_id: str | None = None, room: str | None = None,
+                       limit: int = 200) -> list[dict[str, Any]]:
+        """Events kept as evidence but not admitted, newest first (of one session / room)."""
+        where, params = ["admission IS NOT NULL"], []
+        if session_id is not None:
+            where.append("session = ?")
+            params.append(session_id)
+        if room is not None:
+            where.append("room = ?")
+            params.append(room)
+        return self._execute(
+            "SELECT event_id, device_id, room, session, seq, ts, outcome, reason, applicant_id, "
+            f"card_id, admission, received_at FROM events WHERE {' AND '.join(where)} "
+            "ORDER BY received_at DESC, seq DESC LIMIT ?", (*params, limit))
+
+    def refusal_summary(self) -> list[dict[str, Any]]:
+        """Refused events per (device, refusal code): count, first and last, one example."""
+        rows = self._execute(
+            "SELECT device_id, admission, count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts, "
+            "max(received_at) AS last_received, max(session) AS session, max(room) AS room, "
+            "sum(CASE WHEN outcome = 'accepted' THEN 1 ELSE 0 END) AS accepted "
+            "FROM events WHERE admission IS NOT NULL GROUP BY device_id, admission "
+            "ORDER BY device_id, admission")
+        return [{**r, "n": int(r["n"]), "accepted": int(r["accepted"] or 0)} for r in rows]
+
+    # ---- outbox streams and seq gaps (gateway/seqwatch.py) ----------------------------------
+
+    def register_streams(self, streams: Iterable[tuple[str, str, str]]) -> None:
+        """Remember ``(device_id, stream, centre)`` outbox streams not seen before."""
+        now = time.time()
+        rows = [(d, s, c, now, now) for d, s, c in streams]
+        if rows:
+            self._executemany(
+                "INSERT INTO seq_streams (device_id, stream, centre, first_seen_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, stream) DO NOTHING", rows)
+
+    def seq_streams(self) -> list[dict[str, Any]]:
+        """Every known outbox stream with its gap state (``missing`` / ``not_kept`` decoded)."""
+        return [{**r, "missing": json.loads(r["missing"] or "[]"),
+                 "not_kept": json.loads(r["not_kept"] or "[]")}
+                for r in self._execute("SELECT * FROM seq_streams ORDER BY device_id, "
+                                       "first_seen_at, stream")]
+
+    def update_seq_stream(self, device_id: str, stream: str, fields: dict[str, Any]) -> None:
+        """Write some columns of one stream's row (lists are stored as JSON)."""
+        names = sorted(fields)
+        values = [json.dumps(fields[n]) if isinstance(fields[n], list) else fields[n]
+                  for n in names]
+        self._executemany(
+            f"UPDATE seq_streams SET {', '.join(f'{n} = ?' for n in names)}, updated_at = ? "
+            "WHERE device_id = ? AND stream = ?",
+            [(*values, time.time(), device_id, stream)])
+
+    def stream_activity(self) -> list[dict[str, Any]]:
+        """Per stream still watched: the highest stored seq and how many stored seqs lie at or
+        above its contiguous mark, events and alarms apart. Index probes only, so it can run
+        every few seconds whatever the size of the events table."""
+        rows = self._execute(
+            "SELECT s.device_id, s.stream, "
+            "(SELECT max(e.seq) FROM events e WHERE e.device_id = s.device_id "
+            " AND e.stream = s.stream) AS events_top, "
+            "(SELECT max(a.seq) FROM alarms a WHERE a.device_id = s.device_id "
+            " AND a.stream = s.stream) AS alarms_top, "
+            "(SELECT count(*) FROM events e WHERE e.device_id = s.device_id "
+            " AND e.stream = s.stream AND e.seq >= coalesce(s.contiguous_below, 0)) "
+            " AS events_above, "
+            "(SELECT count(*) FROM alarms a WHERE a.device_id = s.device_id "
+            " AND a.stream = s.stream AND a.seq >= coalesce(s.contiguous_below, 0)) "
+            " AS alarms_above "
+            "FROM seq_streams s")
+        return rows
+
+    def stream_seqs(self, device_id: str, stream: str, from_seq: int,
+                    limit: int = 100_000) -> list[int]:
+        """Distinct seqs of one stream at or above ``from_seq`` (events and alarms), sorted."""
+        seqs: set[int] = set()
+        for table in ("events", "alarms"):
+            seqs.update(int(r["seq"]) for r in self._execute(
+                f"SELECT seq FROM {table} WHERE device_id = ? AND stream = ? AND seq >= ? "
+                "ORDER BY seq LIMIT ?", (device_id, stream, from_seq, limit)))
+        return sorted(seqs)
+
+    def stream_min_seq(self, device_id: str, stream: str) -> int | None:
+        """The lowest stored seq of a stream (events and alarms), or None."""
+        (row,) = self._execute(
+            "SELECT min(m) AS m FROM (SELECT min(seq) AS m FROM events WHERE device_id = ? "
+            "AND stream = ? UNION ALL SELECT min(seq) AS m FROM alarms WHERE device_id = ? "
+            "AND stream = ?) AS both_tables", (device_id, stream, device_id, stream))
+        return None if row["m"] is None else int(row["m"])
+
+    def missing_ranges(self, device_id: str, stream: str) -> list[list[int]]:
+        """The missing seq ranges the gateway recorded for a stream (``[from, to, ...]``)."""
+        rows = self._execute("SELECT missing FROM seq_streams WHERE device_id = ? AND "
+                             "stream = ?", (device_id, stream))
+        return json.loads(rows[0]["missing"] or "[]") if rows else []
+
+    def add_resend_request(self, device_id: str, centre: str, stream: str, from_seq: int,
+                           to_seq: int) -> int:
+        """Record a ``cmd/resend`` about to be sent; returns its id (the command id's number)."""
+        now = time.time()
+        self._executemany(
+            "INSERT INTO resend_requests (device_id, centre, stream, from_seq, to_seq, "
+            "requested_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(device_id, centre, stream, from_seq, to_seq, now)])
+        rows = self._execute(
+            "SELECT max(id) AS id FROM resend_requests WHERE device_id = ? AND stream = ? "
+            "AND from_seq = ? AND to_seq = ? AND requested_at = ?",
+            (device_id, stream, from_seq, to_seq, now))
+        return int(rows[0]["id"])
+
+    def resend_requests(self, device_id: str | None = None, stream: str | None = None,
+                        since: float = 0.0, unhandled: bool = False) -> list[dict[str, Any]]:
+        """Resend requests (of one stream) made after ``since``, oldest first (only those whose
+        answer the watcher has not taken into account yet, with ``unhandled``)."""
+        where, params = ["requested_at >= ?"], [since]
+        if unhandled:
+            where.append("handled = 0")
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if stream is not None:
+            where.append("stream = ?")
+            params.append(stream)
+        return self._execute(f"SELECT * FROM resend_requests WHERE {' AND '.join(where)} "
+                             "ORDER BY id", params)
+
+    def record_resend_ack(self, request_id: int, device_id: str, ok: bool, detail: str,
+                          not_kept: int | None) -> bool:
+        """A gate's answer to a resend request (``cmd_ack``); only the addressed gate's first
+        answer counts. Returns whether it matched a request."""
+        return self._executemany(
+            "UPDATE resend_requests SET acked_at = ?, ok = ?, detail = ?, not_kept = ? "
+            "WHERE id = ? AND device_id = ? AND acked_at IS NULL",
+            [(time.time(), int(ok), detail[:300], not_kept, request_id, device_id)]) > 0
+
+    def mark_resend_handled(self, request_ids: Sequence[int]) -> None:
+        """The watcher has taken a request's answer into account."""
+        self._executemany("UPDATE resend_requests SET handled = 1 WHERE id = ?",
+                          [(i,) for i in request_ids])
 
     # ---- attendance model -------------------------------------------------------------------
 
     def upsert_session(self, session: dict[str, Any]) -> None:
         """Create or update an exam session (``session_id``, centre, name, times)."""
-        self._executemany(
+        self._transaction([(
             "INSERT INTO exam_sessions (session_id, centre, name, doors_open, starts_at, "
             "doors_close) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
             "centre = excluded.centre, name = excluded.name, doors_open = excluded.doors_open, "
             "starts_at = excluded.starts_at, doors_close = excluded.doors_close",
             [tuple(session[k] for k in ("session_id", "centre", "name", "doors_open",
-                                        "starts_at", "doors_close"))])
+                                        "starts_at", "doors_close"))]),
+            self._bump_admission_config()])
 
     def exam_sessions(self) -> list[dict[str, Any]]:
         """Every exam session, earliest first."""
@@ -268,6 +711,7 @@ class Store:
              "VALUES (?, ?, ?, ?, ?)",
              [(session_id, e["applicant_id"], e["name"], e["room"], e.get("seat"))
               for e in entries]),
+            self._bump_admission_config(),
         ])
         return len(entries)
 
@@ -280,11 +724,12 @@ class Store:
                              "ORDER BY seat, applicant_id", (session_id, room))
 
     def session_events(self, session_id: str) -> list[dict[str, Any]]:
-        """A session's check-in events in time order (what attendance is derived from)."""
+        """A session's admitted check-in events in time order (what attendance is derived
+        from; events refused at admission are kept apart, see ``refused_events``)."""
         return self._execute(
             "SELECT event_id, device_id, room, seq, ts, outcome, reason, applicant_id, card_id, "
-            "mode, score, latency_ms FROM events WHERE session = ? ORDER BY ts, device_id, seq",
-            (session_id,))
+            "mode, score, latency_ms FROM events WHERE session = ? AND admission IS NULL "
+            "ORDER BY ts, device_id, seq", (session_id,))
 
     def add_override(self, override: dict[str, Any]) -> None:
         """Record a proctor action (manual admit, mark absent, reopen, remote unlock)."""
@@ -313,9 +758,19 @@ class Store:
         """The audit log, oldest first."""
         return self._execute("SELECT * FROM audit ORDER BY id LIMIT ?", (limit,))
 
-    def alarms(self, limit: int = 500) -> list[dict[str, Any]]:
-        """Device alarms, newest first."""
-        return self._execute("SELECT * FROM alarms ORDER BY ts DESC LIMIT ?", (limit,))
+    def alarms(self, limit: int = 500, kinds: Sequence[str] | None = None,
+               exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Device alarms, newest first (only ``kinds`` / not ``exclude``, when given)."""
+        where, params = [], []
+        if kinds is not None:
+            where.append(f"alarm IN ({', '.join('?' * len(kinds))})")
+            params += list(kinds)
+        if exclude:
+            where.append(f"alarm NOT IN ({', '.join('?' * len(exclude))})")
+            params += list(exclude)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._execute(f"SELECT * FROM alarms {clause}ORDER BY ts DESC LIMIT ?",
+                             (*params, limit))
 
     def flagged_events(self, limit: int = 500) -> list[dict[str, Any]]:
         """Check-ins a proctor must look at: suspected spoofs and duplicate identities."""
@@ -520,8 +975,8 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Totals for monitoring: events stored and messages rejected."""
         (events,) = self._execute("SELECT count(*) AS n FROM events")
-        (rejects,) = self._execute("SELECT count(*) AS n FROM rejects")
-        return {"events": int(events["n"]), "rejected": int(rejects["n"])}
+        (rejects,) = self._execute("SELECT sum(count) AS n FROM reject_counts")
+        return {"events": int(events["n"]), "rejected": int(rejects["n"] or 0)}
 
 
 class SqliteStore(Store):

@@ -245,6 +245,15 @@ class Note(TextModel):
     note: str | None = Field(default=None, max_length=300)
 
 
+class AssignmentIn(TextModel):
+    """Where a gate admits: its centre and room, and one session (or none: any open session
+    of the centre)."""
+
+    centre: str = Field(pattern=ID_PATTERN.pattern)
+    room: str = Field(pattern=ID_PATTERN.pattern)
+    session: str | None = Field(default=None, pattern=ID_PATTERN.pattern)
+
+
 class NewUser(TextModel):
     """A dashboard account."""
 
@@ -298,11 +307,17 @@ def scope_error(user: dict[str, Any], what: str) -> HTTPException:
 
 
 def device_room(store: Store, device_id: str) -> tuple[str | None, str | None]:
-    """``(session, room)`` a gate serves, from its latest birth message (None if unknown);
-    used to scope remote unlocks and a gate's alerts to the proctors of that room."""
+    """``(session, room)`` a gate serves, used to scope remote unlocks and a gate's alerts to
+    the proctors of that room: its assignment at the gateway (``gerbang-gateway assign``; a
+    session of None means any), else its latest birth message (what the gate says of itself,
+    for a gate not assigned yet); None where unknown. An assignment to any open session takes
+    the session from the birth message."""
+    assigned = next((a for a in store.assignments() if a["device_id"] == device_id), None)
     device = next((d for d in store.devices() if d["device_id"] == device_id), None)
     status = (device or {}).get("status") or {}
     room, session = status.get("room"), status.get("session")
+    if assigned is not None:
+        room, session = assigned["room"], assigned.get("session") or session
     return (session if isinstance(session, str) else None,
             room if isinstance(room, str) else None)
 
@@ -627,8 +642,10 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
 
     @app.get("/api/audit.csv", tags=["exports"])
     def audit_export(user: Manager) -> Response:
-        """The audit log as CSV."""
-        return Response(audit_csv(store.audit_log(1_000_000)), media_type="text/csv",
+        """The audit log as CSV (the download itself is audited)."""
+        entries = store.audit_log(1_000_000)
+        store.audit(user["username"], "export_audit_csv", None, {"entries": len(entries)})
+        return Response(audit_csv(entries), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
 
     # ---- devices and alerts -----------------------------------------------------------------
@@ -651,6 +668,34 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
                       {"reason": body.reason, "by": user["username"], "ts": utc_now_iso()})
         store.audit(user["username"], "remote_unlock", device_id, {"reason": body.reason})
         return {"device_id": device_id, "command": "unlock", "status": "sent"}
+
+    # ---- gate assignments and events refused at admission (gateway/admission.py) ---------
+
+    @app.get("/api/assignments", tags=["devices"])
+    def assignments(user: Viewer) -> list[dict[str, Any]]:
+        """Every gate's assignment: the room (and session) it admits for."""
+        return store.assignments()
+
+    @app.put("/api/devices/{device_id}/assignment", tags=["devices"])
+    def put_assignment(device_id: Annotated[str, Path(pattern=ID_PATTERN.pattern)],
+                       body: AssignmentIn, user: Manager) -> dict[str, Any]:
+        """Assign a gate (audited). The ingest re-evaluates the events it refused for
+        configuration reasons within a few seconds."""
+        from gateway.assignments import AssignmentError, assign
+
+        try:
+            return assign(store, device_id, body.centre, body.room, body.session,
+                          user["username"])
+        except AssignmentError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.get("/api/sessions/{session_id}/refused", tags=["attendance"])
+    def refused(session_id: str, user: Viewer,
+                room: Annotated[str | None, Query(max_length=64)] = None,
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> list[dict[str, Any]]:
+        """Events kept as evidence but not counted (``admission`` names why), newest first."""
+        need_session(session_id)
+        return store.refused_events(session_id, room, limit)
 
     @app.get("/api/alerts", tags=["devices"])
     def alerts(user: Viewer) -> list[dict[str, Any]]:

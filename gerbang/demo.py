@@ -176,12 +176,16 @@ def _wait_http(url: str, timeout: float = 30) -> None:
 def _prepare_gateway(db: Path | str, rosters: dict[str, list[str]], *, session: str = SESSION,
                      centre: str = CENTRE, name: str = "Demo SKD session 1",
                      doors_open: datetime | None = None, starts_at: datetime | None = None,
-                     doors_close: datetime | None = None) -> tuple[str, str]:
+                     doors_close: datetime | None = None,
+                     gates: dict[str, str] | None = None) -> tuple[str, str]:
     """Schedule the exam session (by default doors open 5 minutes ago, it starts in 20 minutes,
-    WIB), import its roster, and create a one-off manager login; returns
-    ``(username, password)``. ``db`` is a SQLite path or a ``postgresql://`` URL."""
+    WIB), import its roster, assign each of ``gates`` (device id -> room) to its room for the
+    session (a gate's events count only for its assignment), and create a one-off manager
+    login; returns ``(username, password)``. ``db`` is a SQLite path or a ``postgresql://``
+    URL."""
     import secrets
 
+    from gateway.assignments import assign_many
     from gateway.auth import add_user
     from gateway.store import open_store
     from gerbang.wire import ID_PATTERN
@@ -199,6 +203,10 @@ def _prepare_gateway(db: Path | str, rosters: dict[str, list[str]], *, session: 
                for room, people in rosters.items()
                for seat, person in enumerate(sorted(people), start=1) if ID_PATTERN.match(person)]
     store.replace_roster(session, entries)
+    if gates:
+        assign_many(store, [{"device_id": device, "centre": centre, "room": room,
+                             "session": session} for device, room in sorted(gates.items())],
+                    by="demo-setup")
     password = secrets.token_urlsafe(9)
     add_user(store, "manager", password, "manager")
     return "manager", password
@@ -274,7 +282,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         _write_device_config(config, room, config.parent, broker.port, broker.protocol, fps)
 
     login = _prepare_gateway(workdir / "gateway.sqlite",
-                             {room: sorted(people) for room, people in plan.rosters.items()})
+                             {room: sorted(people) for room, people in plan.rosters.items()},
+                             gates={f"{CENTRE}-{room.lower()}-a": room for room in ROOMS})
     http_port = args.http_port or free_port()
     base = f"http://127.0.0.1:{http_port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

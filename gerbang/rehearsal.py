@@ -1617,7 +1617,8 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
              for room in plan.rooms}, session=SESSION, centre=CENTRE,
         name="Exam-day rehearsal", doors_open=provisional,
         starts_at=provisional + timedelta(seconds=window_s),
-        doors_close=provisional + timedelta(seconds=window_s + late_s))
+        doors_close=provisional + timedelta(seconds=window_s + late_s),
+        gates={g: room for room in plan.rooms for g in plan.gates[room]})
     proctor_password = os.urandom(9).hex()
     add_user(open_store(db), "proctor1", proctor_password, "proctor")
     http_port = free_port()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import cv2
 import numpy as np
@@ -51,7 +52,15 @@ def gateway_proc(tmp_path, mosquitto):
     from gateway.auth import add_user
     from gateway.store import open_store
 
-    add_user(open_store(tmp_path / "gw.sqlite"), "viewer1", "viewer-password", "viewer")
+    store = open_store(tmp_path / "gw.sqlite")
+    add_user(store, "viewer1", "viewer-password", "viewer")
+    # The gate's session is open and the gate assigned to its room: its events count.
+    now = datetime.now(UTC)
+    store.upsert_session({"session_id": "S1", "centre": "c1", "name": "S1",
+                          "doors_open": (now - timedelta(hours=1)).isoformat(),
+                          "starts_at": (now + timedelta(hours=1)).isoformat(),
+                          "doors_close": (now + timedelta(hours=2)).isoformat()})
+    store.put_assignment("c1-r01-a", "c1", "R01", "S1", "test")
     port = free_port()
     log = open(tmp_path / "gateway.log", "wb")
     proc = subprocess.Popen(
@@ -143,6 +152,10 @@ def test_enrolled_face_opens_stranger_does_not(tmp_path, mosquitto, gateway_proc
     for n, src in enumerate(shown):
         cv2.imwrite(str(frames / f"{n}.png"), read_image(src))
     config = write_device_config(tmp_path, mosquitto.port, frames, entries)
+    from gateway.store import open_store
+
+    open_store(tmp_path / "gw.sqlite").replace_roster("S1", [
+        {"applicant_id": p.name, "name": p.name, "room": "R01"} for p in people[:2]])
     proc = subprocess.run([sys.executable, "-m", "device.cli", "run", "--config", str(config),
                            "--json"], capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 0, proc.stderr
@@ -153,9 +166,14 @@ def test_enrolled_face_opens_stranger_does_not(tmp_path, mosquitto, gateway_proc
     assert by_frame[0]["outcome"] == "accepted" and by_frame[0]["applicant_id"] == people[0].name
     assert by_frame[1]["outcome"] == "accepted" and by_frame[1]["applicant_id"] == people[1].name
     assert by_frame[2]["outcome"] == "refused" and by_frame[2]["reason"] == "no_match"
+    # (a roster imported moments before: the running ingest applies it within ~2 s)
+    deadline = time.monotonic() + 10
+    while gateway_proc.get("/api/rooms")[0]["present"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     rooms = gateway_proc.get("/api/rooms")
     assert rooms == [{"session": "S1", "room": "R01", "present": 2, "accepted_events": 2,
-                      "refused": 1, "no_face": 0, "last_checkin": by_frame[1]["ts"], "gates": 1}]
+                      "refused": 1, "no_face": 0, "not_admitted": 0,
+                      "last_checkin": by_frame[1]["ts"], "gates": 1}]
 
 
 def test_an_outbox_at_its_bound_alarms_once_and_drops_only_frames_without_a_face(tmp_path):

@@ -155,7 +155,8 @@ def test_alarms_telemetry_and_commands_cross_the_real_broker(mosquitto, gateway)
                "the alarm stored, the telemetry kept, the spoofed alarm rejected")
     assert [(a["alarm"], a["detail"]) for a in store.alarms()] == [("door_forced",
                                                                     "contact open")]
-    assert store.devices()[0]["telemetry"] == {"fps": 14.2, "outbox_depth": 3}
+    # stored as wire.parse_telemetry accepted it (which adds the contract version)
+    assert store.devices()[0]["telemetry"] == {"schema": 1, "fps": 14.2, "outbox_depth": 3}
     assert "does not match topic" in store.rejects()[0]["error"]
     # The broker handles one client's packets in order: the gate's SUBSCRIBE went before its
     # acknowledged PUBLISHes, so its subscription is in place by now.
