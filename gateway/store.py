@@ -151,6 +151,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         INSERT INTO user_rooms (username, session, room)
             SELECT username, '*', '*' FROM users WHERE role <> 'manager';
     """),
+    (9, "ingest counters count events refused at admission", """
+        ALTER TABLE ingest_counters ADD COLUMN refused BIGINT NOT NULL DEFAULT 0;
+    """),
 ]
 
 # Only admitted events count (admission IS NULL); ``not_admitted`` counts the others, which
@@ -951,12 +954,12 @@ class Store:
         """One ingest process's counters since its start (for /api/stats)."""
         self._executemany(
             "INSERT INTO ingest_counters (client_id, updated_at, received, stored, duplicates, "
-            "rejected) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET "
-            "updated_at = excluded.updated_at, received = excluded.received, "
+            "rejected, refused) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE "
+            "SET updated_at = excluded.updated_at, received = excluded.received, "
             "stored = excluded.stored, duplicates = excluded.duplicates, "
-            "rejected = excluded.rejected",
+            "rejected = excluded.rejected, refused = excluded.refused",
             [(client_id, time.time(), *(int(counters.get(k, 0)) for k in (
-                "received", "stored", "duplicates", "rejected")))])
+                "received", "stored", "duplicates", "rejected", "refused")))])
 
     def ingest_counters(self) -> list[dict[str, Any]]:
         """Every ingest process's latest counters."""

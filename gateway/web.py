@@ -744,7 +744,7 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         else:
             rows = store.ingest_counters()
             live = {k: sum(int(r[k]) for r in rows)
-                    for k in ("received", "stored", "duplicates", "rejected")}
+                    for k in ("received", "stored", "duplicates", "rejected", "refused")}
             live["processes"] = len(rows)
         return {**store.counts(), "ingest": live}
 

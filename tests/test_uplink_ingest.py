@@ -211,6 +211,8 @@ def test_web_commands_reach_the_gate_through_the_ingest_connection(gateway, mosq
         wait_until(lambda: store.ingest_counters(), 5, "ingest counters recorded")
         stats = web.get("/api/stats", headers={"Authorization": f"Bearer {token}"}).json()
         assert stats["ingest"]["processes"] == 1
+        assert set(stats["ingest"]) >= {"received", "stored", "duplicates", "rejected",
+                                        "refused"}
     finally:
         outgoing.stop()
         gate.loop_stop()
