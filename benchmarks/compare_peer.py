@@ -6,7 +6,8 @@ Usage::
 
 Each ``DIR`` holds ``<person>/<image>`` files. Both pipelines see exactly the same image list in
 the same process, taking turns image by image, and are scored by the same code
-(``device.metrics``), so the only differences between their numbers are the pipelines themselves:
+(``device.infer.metrics``), so the only differences between their numbers are the pipelines
+themselves:
 
 * **Gerbang**: ``device.capture.replay.read_image`` → ``FacePipeline.read`` (YuNet, FaceMesh,
   SFace on TFLite); score = cosine of the unit embeddings.
@@ -49,7 +50,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from device.metrics import FARS, far_key, verification_report
+from device.infer.metrics import FARS, far_key, verification_report
 from gerbang.host import describe_host
 from gerbang.progress import progress
 
@@ -102,7 +103,7 @@ class GerbangEmbedder:
         return self.pipeline.read(image).embedding
 
     def score_matrix(self, embeddings: np.ndarray) -> np.ndarray:
-        """Cosine similarity: dot products of unit vectors, as ``device.metrics`` assumes."""
+        """Cosine similarity: dot products of unit vectors, as ``device.infer.metrics`` assumes."""
         e = np.asarray(embeddings, dtype=np.float64)
         return e @ e.T
 
@@ -249,7 +250,7 @@ def run_pipelines(embedders: list[Embedder], images: ImageSet) -> dict[str, Run]
 def split_pairs(scores: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Genuine and impostor scores over every unordered pair of a score matrix.
 
-    The same pairing as ``device.metrics.all_pairs_scores``, for any similarity (that function
+    The same pairing as ``device.infer.metrics.all_pairs_scores``, for any similarity (that function
     is fixed to cosine, the peer needs minus euclidean distance).
     """
     lab = np.asarray(labels)
@@ -272,7 +273,7 @@ def score_run(embedder: Embedder, run: Run, labels: list[str]) -> dict[str, Any]
 
     # All images: a pair touching an undetected image gets a score below every real one, i.e.
     # it is never accepted at any threshold (-inf in effect; a finite floor keeps the EER
-    # quantiles of device.metrics finite).
+    # quantiles of device.infer.metrics finite).
     real = scores[np.ix_(kept, kept)]
     floor = (float(real.min()) if real.size else 0.0) - 1.0
     all_scores = scores.copy()

@@ -6,8 +6,10 @@ Usage::
         [--sface-fp32 PATH] [--threads 1]
 
 Each ``DIR`` holds ``<person>/<image>`` files. Every pipeline below reads every image once
-(``device.evaluation.read_samples``: the device pipeline plus the default quality gate), and the
-same samples are scored with both protocols of ``device.evaluation`` — single image (all pairs)
+(``device.tools.evaluation.read_samples``: the device pipeline plus the default quality gate), and
+the
+same samples are scored with both protocols of ``device.tools.evaluation`` — single image (all
+pairs)
 and gate (3-photo templates, quality-gated probes, cosine and T-norm scores) — so the numbers are
 exactly what ``evaluate(..., enroll=None)`` and ``evaluate(..., enroll=3)`` report, for half the
 work. All pipelines average the embeddings of the crop and its mirror image (``flip_average``).
@@ -44,15 +46,15 @@ from typing import Any
 
 import numpy as np
 
-from device.evaluation import gate_report, list_people, read_samples, single_image_report
+from device.config import QualityConfig
 from device.infer.blazeface import BlazeFaceDetector
 from device.infer.bundle import ModelBundle, load_bundle
 from device.infer.detect import YuNetDetector, yunet_output_tensors
 from device.infer.embed import SFaceEmbedder
 from device.infer.landmarks import FaceMeshRefiner
 from device.infer.pipeline import FacePipeline, FaceReading
-from device.infer.quality import QualityConfig
 from device.infer.runtime import load_interpreter, runtime_name
+from device.tools.evaluation import gate_report, list_people, read_samples, single_image_report
 from gerbang.host import describe_host
 
 #: Gate protocol: templates from each person's first 3 photos (the registration selfies).

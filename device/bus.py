@@ -33,16 +33,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
-
-from device.capture import Frame
 
 FRAMES = "frames"
 CREDITS = "credits"
@@ -59,7 +54,6 @@ GATE_STATUS = "gate-status"
 #: the door now would open it for whoever stands there (fail-secure).
 GRANT_STALE_S = 2.0
 
-_HEADER = struct.Struct("!I")  # length of the JSON header in a frame message
 
 
 def bus_dir(data_dir: Path) -> Path:
@@ -151,29 +145,3 @@ def recv_json(sock: zmq.Socket, timeout_ms: int) -> dict[str, Any] | None:
     except (zmq.Again, ValueError):
         return None
     return message if isinstance(message, dict) else None
-
-
-def encode_frame(frame: Frame | None, **extra: Any) -> bytes:
-    """One frame as one message (None: the source has ended); ``extra`` joins the header."""
-    if frame is None:
-        header: dict[str, Any] = {"end": True, "sent": time.monotonic()}
-        pixels = b""
-    else:
-        image = np.ascontiguousarray(frame.image)
-        header = {"index": frame.index, "ts": frame.ts, "ref": frame.ref,
-                  "shape": list(image.shape), "dtype": str(image.dtype),
-                  "sent": time.monotonic(), **extra}
-        pixels = image.tobytes()
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    return _HEADER.pack(len(encoded)) + encoded + pixels
-
-
-def decode_frame(message: bytes) -> tuple[dict[str, Any], Frame | None]:
-    """The header and the frame of a frame message (frame None for the end marker)."""
-    (length,) = _HEADER.unpack_from(message)
-    header = json.loads(message[_HEADER.size:_HEADER.size + length])
-    if header.get("end"):
-        return header, None
-    pixels = memoryview(message)[_HEADER.size + length:]
-    image = np.frombuffer(pixels, dtype=header["dtype"]).reshape(header["shape"])
-    return header, Frame(image=image, ts=header["ts"], index=header["index"], ref=header["ref"])

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from device.decide.roster import RosterError
 from device.infer.bundle import ModelBundleError, load_bundle
-from device.keyfile import KeyFileError
-from device.roster import RosterError
+from device.manage.keyfile import KeyFileError
 from gerbang.config import ConfigError
 from gerbang.logs import setup_logging
 
@@ -30,7 +30,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_device_config(args.config)
     setup_logging(config.gate.device_id, args.verbose)
     if args.single_process:
-        from device.service import run_device
+        from device.processes.assembly import run_device
 
         result = run_device(config)
     else:
@@ -45,7 +45,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _camera_lost(config: DeviceConfig, bus: Bus, reason: str) -> None:
     """The capture worker's ``camera_lost`` alarm: through the outbox, like every alarm."""
     from device import bus as busmod
-    from device.alarms import open_outbox, record_alarm
+    from device.uplink.alarms import open_outbox, record_alarm
 
     outbox = open_outbox(config)
     try:
@@ -87,7 +87,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
         result = run_capture(config.capture, bus, stop, CameraAlarm(
             lambda reason: _camera_lost(config, bus, reason)))
-    from device.health import peak_rss_mb
+    from device.processes.health import peak_rss_mb
 
     write_result(bus.directory, args.name, {**result, "peak_rss_mb": peak_rss_mb()})
     return 0
@@ -111,9 +111,9 @@ def _default_faces() -> Path | None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from device.evaluation import evaluate
+    from device.config import QualityConfig
     from device.infer.pipeline import FacePipeline
-    from device.infer.quality import QualityConfig
+    from device.tools.evaluation import evaluate
 
     if args.calibrate and not args.enroll:
         raise ConfigError("--calibrate needs --enroll K (thresholds come from the gate protocol)")
@@ -175,7 +175,7 @@ def format_report(report: dict) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from device.bench import run_bench, service_peak_rss_mb
+    from device.tools.bench import run_bench, service_peak_rss_mb
 
     faces = args.faces or _default_faces()
     if faces is None:
@@ -195,7 +195,7 @@ def _default_pad() -> Path:
 def _cmd_pad_eval(args: argparse.Namespace) -> int:
     from device.infer.liveness import LivenessConfig, PassiveLiveness
     from device.infer.pipeline import FacePipeline
-    from device.pad_eval import (
+    from device.tools.pad_eval import (
         _images,
         default_check,
         evaluate_sequences,
@@ -239,7 +239,7 @@ def _cmd_pad_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    from device.selftest import SelftestOptions, as_json, format_table, passed, run_selftest
+    from device.tools.selftest import SelftestOptions, as_json, format_table, passed, run_selftest
 
     gateway_url = None if args.gateway_url in ("off", "none", "") else args.gateway_url
     options = SelftestOptions(gateway_url=gateway_url, timeout_s=args.timeout,

@@ -29,11 +29,92 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.infer.quality import QualityConfig
-from device.liveness_gate import LivenessGateConfig
 from gerbang import wire
 from gerbang.config import BrokerConfig, ConfigError, load_section, read_toml, require
 
+#: The outbox's file name inside the gate's data directory.
+OUTBOX_FILE = "outbox.sqlite"
+
+#: The challenge actions a gate can ask for (``device.infer.challenge`` detects each).
+ACTIONS = ("blink", "turn_left", "turn_right", "nod")
+
+
+@dataclass
+class QualityConfig:
+    """Thresholds of the quality gate (all in ``[quality]`` of the device config)."""
+
+    # Defaults come from genuine-probe acceptance per bucket on the shared celeba set (gate
+    # protocol, 3-photo templates; table in docs/verification.md): each limit sits where
+    # acceptance falls off a cliff, not where a textbook puts it, so the gate refuses only
+    # captures that would likely be refused anyway, with a reason the applicant can act on.
+
+    #: Eye-centre distance in frame pixels. Acceptance holds at 0.90-0.93 down to 12 px and
+    #: falls to 0.57 below (the 112-px crop then invents more than half its detail). A door
+    #: camera at arm's length gives 60+ px, so this only trips on someone far away.
+    min_inter_eye_px: float = 12.0
+    #: Head turn (yaw) limit, degrees: acceptance 0.89-0.92 from 35° to 42°, 0.75 at 42-45°
+    #: and 0.67 beyond.
+    max_yaw_deg: float = 42.0
+    #: Nod (pitch) limit, degrees: acceptance 0.91 at 25-30°, 0.58 at 30-40°.
+    max_pitch_deg: float = 30.0
+    #: Mean luminance (0..255) of the face's central region: below 45 or above 200 acceptance
+    #: drops under 0.5 (noise-dominated, or washed-out skin texture).
+    min_brightness: float = 45.0
+    max_brightness: float = 200.0
+    #: Variance of the Laplacian of the central region of the aligned 112×112 grey crop: sharp
+    #: faces score in the hundreds; below 50 (motion or focus blur) acceptance falls to 0.43.
+    min_sharpness: float = 50.0
+    #: A second face at least this fraction of the subject's area counts as another person at
+    #: the camera (tailgating, a helper behind the applicant); smaller ones are the queue behind.
+    second_face_area_ratio: float = 0.35
+    #: Eyes and mouth corners must lie at least this many eye-distances inside the frame: a
+    #: frontal face's outline reaches about half an eye-distance beyond its eyes, so closer
+    #: than a quarter means part of the face is outside the picture.
+    min_edge_margin: float = 0.25
+
+    def __post_init__(self) -> None:
+        from gerbang.config import require
+
+        require(0 <= self.min_inter_eye_px <= 500, "min_inter_eye_px", "must be 0..500")
+        require(0 < self.max_yaw_deg <= 90, "max_yaw_deg", "must be in (0, 90]")
+        require(0 < self.max_pitch_deg <= 90, "max_pitch_deg", "must be in (0, 90]")
+        require(0 <= self.min_brightness < self.max_brightness <= 255, "min_brightness",
+                "must satisfy 0 <= min_brightness < max_brightness <= 255")
+        require(0 <= self.min_sharpness <= 10_000, "min_sharpness", "must be 0..10000")
+        require(0 < self.second_face_area_ratio <= 1, "second_face_area_ratio", "must be (0, 1]")
+        require(0 <= self.min_edge_margin < 5, "min_edge_margin", "must be in [0, 5)")
+
+
+@dataclass
+class LivenessGateConfig:
+    """``[liveness]`` in the device config."""
+
+    #: Off for replayed stills (a photo cannot answer a challenge); on at a real door.
+    enabled: bool = False
+    #: Ask for an action (blink / turn / nod). Off leaves the passive check only.
+    challenge: bool = True
+    actions: tuple[str, ...] = ACTIONS
+    timeout_s: float = 4.0
+    #: Single-frame passive classifier (needs the model file in the bundle).
+    passive: bool = True
+    #: 3-D consistency of the challenge's landmark track.
+    planarity: bool = True
+    #: Failed liveness attempts per card within ``window_s`` before the card is locked here.
+    max_failures: int = 3
+    window_s: float = 600.0
+    #: How long a locked card stays locked at this gate (a proctor admits by hand meanwhile).
+    lockout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        from gerbang.config import require
+
+        self.actions = tuple(self.actions)
+        require(set(self.actions) <= set(ACTIONS) and bool(self.actions), "actions",
+                f"must be a non-empty subset of {ACTIONS}")
+        require(0.5 <= self.timeout_s <= 30, "timeout_s", "must be 0.5..30 seconds")
+        require(1 <= self.max_failures <= 100, "max_failures", "must be 1..100")
+        require(0 < self.window_s <= 86_400, "window_s", "must be > 0 and at most a day")
+        require(0 <= self.lockout_s <= 86_400, "lockout_s", "must be 0..86400 seconds")
 
 @dataclass
 class GateIdentity:
@@ -121,7 +202,8 @@ class MatchConfig:
                 f"must be one of the calibrated rates 1e-2, 1e-3, 1e-4, got {self.target_far}")
         # The scale depends on the score kind, known only once the roster and the bundle are
         # loaded: there the override must not be looser than the bundle's calibrated
-        # threshold at FAR 1e-2 (check_threshold, called by device.service.load_judge). Here
+        # threshold at FAR 1e-2 (check_threshold, called by device.processes.assembly.load_judge).
+        # Here
         # only what no score kind allows: a threshold <= 0 admits about half of all strangers.
         require(self.threshold is None or 0 < self.threshold < 20, "threshold",
                 f"must be in (0, 20) (and not looser than the model bundle's calibrated "
@@ -255,7 +337,8 @@ class KeysConfig:
 
 @dataclass
 class ScreenConfig:
-    """The applicant screen (``device/screen.py``): a page the gate serves to the small display
+    """The applicant screen (``device/screen/server.py``): a page the gate serves to the small
+    display
     at the door, opened there by Chromium in kiosk mode (``chromium --kiosk
     http://127.0.0.1:8081/``)."""
 
@@ -337,8 +420,6 @@ class DeviceConfig:
     @property
     def outbox_path(self) -> Path:
         """Where the SQLite outbox lives."""
-        from device.outbox import OUTBOX_FILE
-
         return self.gate.data_dir / OUTBOX_FILE
 
 

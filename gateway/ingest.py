@@ -95,7 +95,7 @@ def _from_sender(message: Any, parts: Any, payload: bytes) -> Any:
 
 
 def _cmd_ack(payload: bytes, parts: Any) -> dict[str, Any]:
-    """A gate's command acknowledgement (``device/commands.py`` ``CommandResult``), checked
+    """A gate's command acknowledgement (``device/uplink/commands.py`` ``CommandResult``), checked
     enough to be recorded: a JSON object with a ``command`` name."""
     if len(payload) > wire.MAX_PAYLOAD_BYTES:
         raise wire.WireError(f"cmd_ack payload larger than {wire.MAX_PAYLOAD_BYTES} bytes")

@@ -106,7 +106,7 @@ def _stage_frames(plan: Plan, gate_dir: Path, room: str) -> dict[str, Visit]:
     rendered participant card, as the camera would see someone holding it up.
     """
     from device.capture.replay import read_image
-    from device.card import present_with_card, render_card
+    from device.decide.card import present_with_card, render_card
 
     frames = gate_dir / "frames"
     frames.mkdir(parents=True, exist_ok=True)
@@ -235,9 +235,9 @@ def _score(truth: dict[str, Visit], events: list[dict[str, Any]]) -> dict[str, i
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo end to end; returns the summary."""
+    from device.decide.roster import save_roster
     from device.infer.bundle import load_bundle
     from device.infer.pipeline import FacePipeline
-    from device.roster import save_roster
     from gateway.store import open_store
     from provisioning.demo_faces import build_demo_faces
     from provisioning.enroll import build_roster, face_folders

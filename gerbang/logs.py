@@ -8,7 +8,7 @@ import sys
 
 
 def setup_logging(component: str, verbose: bool = False) -> None:
-    """Log to stderr as ``2026-11-28T07:01:02 INFO gate-r01 device.checkin: ...``.
+    """Log to stderr as ``2026-11-28T07:01:02 INFO gate-r01 device.decide.checkin: ...``.
 
     journald adds its own timestamps on a Pi, but the same line must also read well in a
     terminal at 7 a.m. ``GERBANG_LOG_LEVEL`` overrides the level.

@@ -388,7 +388,7 @@ def captured_as(image: np.ndarray, capture: str, cut_x: int = 0, seed: int = 0) 
 def render_attempt(attempt: Attempt, rooms_of: dict[str, str], seed: int) -> np.ndarray:
     """The camera frame for an attempt: the face as captured, with the card held beside it."""
     from device.capture.replay import read_image
-    from device.card import present_with_card, render_card
+    from device.decide.card import present_with_card, render_card
 
     image = read_image(attempt.photo)
     if image is None:
@@ -1512,10 +1512,10 @@ def _stored(store: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     """Rehearse an exam morning end to end; returns the summary (also in ``summary.json``)."""
+    from device.decide.roster import Roster, RosterEntry, save_roster
     from device.infer.bundle import load_bundle
     from device.infer.match import MIN_COHORT
     from device.infer.pipeline import FacePipeline
-    from device.roster import Roster, RosterEntry, save_roster
     from gateway.auth import add_user
     from gateway.store import open_store
     from gerbang.demo import default_faces_dir

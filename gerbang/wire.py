@@ -458,7 +458,7 @@ def _flat_map(where: str, value: Any, *, integer: bool, limit: int = 32) -> dict
 
 #: Fields of a status message: the retained birth (``state`` online) and the last will /
 #: clean stop (``state`` offline). ``models`` maps model names to sha256s; ``config`` is the
-#: reported config (device.config_push).
+#: reported config (device.manage.config_push).
 STATUS_FIELDS = ("schema", "state", "ts", "device_id", "room", "session", "firmware",
                  "processes", "models", "roster_version", "config", "outbox")
 _CONFIG_FIELDS = {"version", "sha256", "applied_at", "local_edit", "error", "signed"}

@@ -40,7 +40,8 @@ only: regenerate it and restart the broker after ``device add``, ``revoke``, ``g
 and ``technician-cert`` (``gerbang-provision`` does the first part by itself).
 
 ``max_packet_size`` bounds every message a client may send: the largest legitimate one is a
-command of ``device.commands.MAX_COMMAND_BYTES`` (16 MiB, e.g. a whole model bundle); anything
+command of ``device.uplink.commands.MAX_COMMAND_BYTES`` (16 MiB, e.g. a whole model bundle);
+anything
 larger is refused by the broker (it disconnects the sender) before it reaches anyone.
 Persistence settings follow ``gerbang/conf/mosquitto-local.conf`` (autosave every 10 s, queue
 bounded by memory).
@@ -60,7 +61,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from device.commands import MAX_COMMAND_BYTES
+from device.uplink.commands import MAX_COMMAND_BYTES
 from gerbang import wire
 from gerbang.wire import ID_PATTERN, TOPIC_ROOT
 from provisioning.files import PRIVATE_DIR_MODE, make_dirs, write_file

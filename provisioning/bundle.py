@@ -805,10 +805,10 @@ def _check_roster(path: Path, centre: Centre, record: DeviceRecord, session: str
     """Refuse now, with the gate's own reason, a signed roster the gate would refuse at the door:
     another centre, session or room, templates from another model than the one shipped with
     this Gerbang, not signed by this centre, or not openable with the room's key."""
+    from device.decide.roster import RosterError
     from device.infer.bundle import load_bundle
-    from device.keyfile import read_secret_key
-    from device.roster import RosterError
-    from device.roster_file import load_roster_public_key, verify_signed_roster
+    from device.manage.keyfile import read_secret_key
+    from device.manage.roster_file import load_roster_public_key, verify_signed_roster
 
     try:
         verify_signed_roster(

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from device.decide.roster import RosterError
 from device.infer.bundle import ModelBundleError
-from device.keyfile import KeyFileError
-from device.roster import RosterError
+from device.manage.keyfile import KeyFileError
 from gerbang.config import ConfigError
 from gerbang.logs import setup_logging
 from provisioning.bundle import ProvisionError
@@ -34,9 +34,9 @@ BUILD_SCRIPT = Path(__file__).with_name("build_models.py")
 def _cmd_roster(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from device.decide.roster import save_roster
     from device.infer.bundle import calibrated_threshold, load_bundle
     from device.infer.pipeline import FacePipeline
-    from device.roster import save_roster
     from provisioning.enroll import build_roster, face_folders
     from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
 
@@ -100,8 +100,8 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from device.decide.roster import load_roster, save_roster
     from device.infer.match import MIN_COHORT
-    from device.roster import load_roster, save_roster
 
     rosters = {path: load_roster(path) for path in args.rosters}
     sessions = {r.session for r in rosters.values()}
@@ -134,8 +134,8 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
 
 def _cmd_roster_sign(args: argparse.Namespace) -> int:
+    from device.decide.roster import load_roster
     from device.infer.bundle import load_bundle
-    from device.roster import load_roster
     from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
 
     keys = load_roster_keys(args.keys)
@@ -186,7 +186,7 @@ def _cmd_models_build(args: argparse.Namespace) -> int:
 
 def _cmd_models_sign(args: argparse.Namespace) -> int:
     from device.infer.bundle import DEFAULT_BUNDLE_DIR, calibrated_threshold, load_bundle
-    from device.model_update import SelfCheckFailed, self_check
+    from device.manage.model_update import SelfCheckFailed, self_check
     from provisioning.model_signing import write_signed_model_bundle
     from provisioning.signing import load_roster_keys
 
@@ -867,7 +867,7 @@ def _cmd_config_push(args: argparse.Namespace) -> int:
     import base64
     import tomllib
 
-    from device.config_keys import LOCAL, SIGNED, classify
+    from device.manage.config_keys import LOCAL, SIGNED, classify
     from provisioning.push import config_sha256, push_command, push_config
 
     if args.version < 1:

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from device.capture.replay import read_image
-from device.evaluation import list_people
+from device.config import QualityConfig
+from device.decide.roster import Roster, RosterEntry
 from device.infer.pipeline import FacePipeline
-from device.infer.quality import QualityConfig, assess
-from device.roster import Roster, RosterEntry
+from device.infer.quality import assess
+from device.tools.evaluation import list_people
 from gerbang.progress import progress
 
 

@@ -80,8 +80,8 @@ def push_roster(broker: BrokerConfig, centre: str, devices: list[str], signed_ro
     resumable chunks, each acknowledged with the offset the gate wants next; the gate verifies
     the signature only once it holds the whole file.
     """
-    from device.chunks import push_in_chunks
-    from device.roster_source import ROSTER_CHUNK_BYTES
+    from device.manage.chunks import push_in_chunks
+    from device.manage.roster_source import ROSTER_CHUNK_BYTES
 
     hint = "it gets the roster when it reconnects"
     chunk_bytes = chunk_bytes or ROSTER_CHUNK_BYTES

@@ -17,8 +17,9 @@ that is stolen exposes its own room's rosters, not the centre's.
 
 Signing is ``sign_roster``: the roster JSON is encrypted for its room (AES-256-GCM, the signed
 header as associated data) and the whole file signed (Ed25519). Layout and checks are in
-``device.roster_file``, which is also what a gate runs. The same key signs model bundles
-(``provisioning.model_signing``) and gate configs (``sign_config``, ``device.signed_config``),
+``device.manage.roster_file``, which is also what a gate runs. The same key signs model bundles
+(``provisioning.model_signing``) and gate configs (``sign_config``,
+``device.manage.signed_config``),
 each with its own magic so one can never pass for another.
 """
 
@@ -39,16 +40,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from device.keyfile import KeyFileError, key_id, read_secret_key, write_secret_key
-from device.roster import Roster, RosterError
-from device.roster_file import (
+from device.decide.roster import Roster, RosterError
+from device.manage.keyfile import KeyFileError, key_id, read_secret_key, write_secret_key
+from device.manage.roster_file import (
     NONCE_BYTES,
     SignedRosterHeader,
     encode_header,
     payload_aad,
     signed_body,
 )
-from device.signed_layout import public_key_id
+from device.manage.signed_layout import public_key_id
 from gerbang.files import write_atomic
 from gerbang.wire import ID_PATTERN
 from provisioning.files import PRIVATE_DIR_MODE, make_dirs
@@ -202,7 +203,7 @@ def export_device_keys(keys: RosterKeys, room: str, out_dir: Path) -> dict[str, 
 def sign_roster(roster: Roster, keys: RosterKeys, embedder_sha256: str | None = None,
                 created: dt.datetime | None = None) -> bytes:
     """A signed roster for ``roster.room``: payload encrypted with the room's transport key,
-    header + payload signed with the centre's key (layout in ``device.roster_file``).
+    header + payload signed with the centre's key (layout in ``device.manage.roster_file``).
 
     ``embedder_sha256`` is the model manifest's sha256 of the embedder that made the
     templates; the roster's own record of it is used when not given, and the two must agree.
@@ -249,17 +250,17 @@ def write_signed_roster(path: Path, roster: Roster, keys: RosterKeys,
 
 def sign_config(toml_text: str, keys: RosterKeys, device_id: str, version: int,
                 created: dt.datetime | None = None) -> bytes:
-    """A signed config for one gate of this centre (layout in ``device.signed_config``): the
+    """A signed config for one gate of this centre (layout in ``device.manage.signed_config``): the
     whole ``device.toml`` as given, with the version it gets, signed with the centre's key.
 
     Only a signed config may change the keys that decide who enters or whom the gate trusts
-    (``device.config_keys``); the gate still refuses one that changes a local-only key.
+    (``device.manage.config_keys``); the gate still refuses one that changes a local-only key.
     """
     import hashlib
 
-    from device.signed_config import SignedConfigHeader
-    from device.signed_config import encode_header as encode_config_header
-    from device.signed_config import signed_body as signed_config_body
+    from device.manage.signed_config import SignedConfigHeader
+    from device.manage.signed_config import encode_header as encode_config_header
+    from device.manage.signed_config import signed_body as signed_config_body
 
     _check_id("device", device_id)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:

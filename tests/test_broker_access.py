@@ -39,7 +39,7 @@ from provisioning.cli import main as provision
 CENTRE = "c01"
 GATE_A, GATE_B, THIEF = "c01-r01-a", "c01-r02-a", "c01-r03-a"
 GROUP = "gerbang-ingest"  # the default share group of the gateway's ingest workers
-COMMAND_LIMIT = 16 * 1024 * 1024  # device.commands.MAX_COMMAND_BYTES
+COMMAND_LIMIT = 16 * 1024 * 1024  # device.uplink.commands.MAX_COMMAND_BYTES
 
 
 def run_cli(*argv: object) -> str:

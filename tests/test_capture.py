@@ -180,7 +180,7 @@ def test_replay_paces_frames_in_real_time(tmp_path):
 @pytest.mark.parametrize("source", ["picamera2", "v4l2"])
 def test_service_picks_the_configured_camera(source):
     from device.config import CaptureConfig
-    from device.service import open_source
+    from device.processes.assembly import open_source
 
     chosen = open_source(CaptureConfig(source=source, fps=10))
     # Live cameras are read on their own thread, newest frame wins (no queue behind the gate).
@@ -274,7 +274,7 @@ def _run_until_camera_alarm_then_sigterm(args, data):
 
     from waiting import wait_until
 
-    from device.outbox import Outbox
+    from device.uplink.outbox import Outbox
 
     proc = subprocess.Popen([sys.executable, "-m", "device.cli", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -295,7 +295,7 @@ def _run_until_camera_alarm_then_sigterm(args, data):
 def _assert_one_camera_lost_alarm(data):
     import json
 
-    from device.outbox import Outbox
+    from device.uplink.outbox import Outbox
 
     pending = Outbox(data / "outbox.sqlite").pending()
     assert len(pending) == 1 and pending[0].topic.endswith("/alarms")
@@ -320,7 +320,7 @@ def test_single_process_service_alarms_once_for_a_missing_camera_and_stops_on_si
     """``run --single-process`` on the same gate: the same one ``camera_lost`` alarm as the
     supervised capture worker, and SIGTERM ends the run although no frame ever arrived (the
     loop was waiting for one)."""
-    from device.roster import Roster, save_roster
+    from device.decide.roster import Roster, save_roster
     from gerbang.broker import free_port
 
     config, data = _missing_camera_config(

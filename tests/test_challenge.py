@@ -22,8 +22,8 @@ from device.infer.challenge import (
     eye_aspect_ratio,
 )
 from device.infer.landmarks import Mesh
-from device.pad_eval import default_check, run_liveness_step
-from device.pad_sequences import ATTACKS, attack_frames
+from device.tools.pad_eval import default_check, run_liveness_step
+from device.tools.pad_sequences import ATTACKS, attack_frames
 
 FRONTAL = "celeba/7205/065013.jpg"
 OTHER = "celeba/7206"

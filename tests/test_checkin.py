@@ -11,14 +11,13 @@ from gpiozero.pins.mock import MockFactory
 
 from device.capture import Frame
 from device.capture.replay import read_image
-from device.card import present_with_card, read_card, render_card
-from device.checkin import CheckinLoop, MatchPolicy
-from device.config import GateIdentity
+from device.config import GateIdentity, QualityConfig
+from device.decide.card import present_with_card, read_card, render_card
+from device.decide.checkin import CheckinLoop, MatchPolicy
+from device.decide.roster import Roster, RosterEntry
 from device.gate.door import DoorSignal
 from device.infer.bundle import calibrated_threshold, load_bundle
-from device.infer.quality import QualityConfig
-from device.outbox import Outbox
-from device.roster import Roster, RosterEntry
+from device.uplink.outbox import Outbox
 from gerbang import wire
 from provisioning.enroll import template_from_photos
 

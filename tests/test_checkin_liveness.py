@@ -12,17 +12,16 @@ from gpiozero.pins.mock import MockFactory
 
 from device.capture import Frame
 from device.capture.replay import read_image
-from device.checkin import CheckinLoop, MatchPolicy
-from device.config import GateIdentity
+from device.config import GateIdentity, LivenessGateConfig, QualityConfig
+from device.decide.checkin import CheckinLoop, MatchPolicy
+from device.decide.liveness_policy import FailedAttempts, LivenessGate
+from device.decide.roster import Roster, RosterEntry
 from device.gate.door import DoorSignal
 from device.infer.bundle import calibrated_threshold, load_bundle
 from device.infer.liveness import LivenessCheck, LivenessConfig
 from device.infer.pipeline import FaceReading
-from device.infer.quality import QualityConfig
-from device.liveness_gate import FailedAttempts, LivenessGate, LivenessGateConfig
-from device.outbox import Outbox
-from device.pad_sequences import attack_frames
-from device.roster import Roster, RosterEntry
+from device.tools.pad_sequences import attack_frames
+from device.uplink.outbox import Outbox
 from gerbang import wire
 
 FRONTAL = "celeba/7205/065013.jpg"

@@ -15,11 +15,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from waiting import wait_until
 
-from device.commands import CommandHandler
 from device.config import parse_device_config
-from device.roster import Roster, RosterEntry, save_roster
-from device.service import run_device
-from device.template_store import save_templates, stored_sessions
+from device.decide.roster import Roster, RosterEntry, save_roster
+from device.manage.template_store import save_templates, stored_sessions
+from device.processes.assembly import run_device
+from device.uplink.commands import CommandHandler
 from gateway.ingest import Ingest
 from gateway.store import open_store
 from gerbang import wire

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from device.config import DeviceConfig, check_threshold, parse_device_config
-from device.config_keys import (
+from device.manage.config_keys import (
     CLASSIFICATION,
     HARMLESS,
     HARMLESS_KEYS,
@@ -22,8 +22,8 @@ from device.config_keys import (
     SIGNED,
     changed_keys,
 )
-from device.roster_file import load_roster_public_key
-from device.signed_config import (
+from device.manage.roster_file import load_roster_public_key
+from device.manage.signed_config import (
     INCONSISTENT,
     MAGIC,
     MALFORMED,
@@ -144,7 +144,7 @@ def test_a_gate_with_a_loose_threshold_refuses_to_start(tmp_path, capfd):
     """``gerbang-device run --single-process`` with match.threshold looser than the bundle's
     FAR 1e-2: exit 2, the field named, before any pin or network is touched."""
     from device.cli import main
-    from device.roster import Roster, RosterEntry, save_roster
+    from device.decide.roster import Roster, RosterEntry, save_roster
 
     data = tmp_path / "gate"
     save_roster(Roster("S1", "R01", 1, (RosterEntry("A1", "", np.eye(128, dtype=np.float32)[0]),)),
@@ -161,11 +161,10 @@ def test_a_gate_with_a_loose_threshold_refuses_to_start(tmp_path, capfd):
 
 
 def test_a_pushed_roster_that_changes_the_score_kind_gets_that_kinds_threshold(tmp_path):
-    from device.checkin import CheckinLoop, MatchPolicy
-    from device.config import GateIdentity
-    from device.infer.quality import QualityConfig
-    from device.outbox import Outbox
-    from device.roster import Roster, RosterEntry
+    from device.config import GateIdentity, QualityConfig
+    from device.decide.checkin import CheckinLoop, MatchPolicy
+    from device.decide.roster import Roster, RosterEntry
+    from device.uplink.outbox import Outbox
 
     rng = np.random.default_rng(1)
     unit = rng.standard_normal((150, 128)).astype(np.float32)

@@ -13,14 +13,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device import config_push
-from device.commands import CommandError, CommandHandler
-from device.config_push import (
+from device.manage import config_push
+from device.manage.config_push import (
     STATE_FILE,
     config_push_handler,
     previous_path,
     reported_config,
 )
+from device.uplink.commands import CommandError, CommandHandler
 from gerbang import wire
 from provisioning.push import config_sha256
 
@@ -275,12 +275,13 @@ def test_config_push_cli_through_mosquitto(gate: Gate, mosquitto, capsys) -> Non
 
 class SecureGate:
     """A production-like gate: mutual TLS to the broker, [keys], liveness on; its real uplink
-    and command handler (``device.uplink.Uplink``, ``CommandHandler``, ``config_push_handler``)
+    and command handler (``device.uplink.publisher.Uplink``, ``CommandHandler``,
+    ``config_push_handler``)
     connected to a real Mosquitto (plain, on loopback: the broker is not what is tested)."""
 
     def __init__(self, root: Path, port: int) -> None:
-        from device.outbox import Outbox
-        from device.uplink import Uplink
+        from device.uplink.outbox import Outbox
+        from device.uplink.publisher import Uplink
         from gerbang.config import BrokerConfig
         from provisioning import pki
         from provisioning.signing import create_roster_keys, export_device_keys

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device.metrics import all_pairs_scores, auc, eer, far_key, tar_at_far, verification_report
+from device.infer.metrics import (
+    all_pairs_scores,
+    auc,
+    eer,
+    far_key,
+    tar_at_far,
+    verification_report,
+)
 
 
 def test_far_keys():

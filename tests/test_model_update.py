@@ -21,10 +21,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from test_commands import CENTRE, DEVICE, wait_until
 
-from device.commands import CommandHandler
 from device.config import parse_device_config
+from device.decide.roster import Roster, RosterEntry
 from device.infer.bundle import DEFAULT_BUNDLE_DIR, ModelBundleError, load_bundle
-from device.model_update import (
+from device.manage.model_update import (
     CHUNK_BYTES,
     MAGIC,
     MAX_PENDING_STARTS,
@@ -42,8 +42,8 @@ from device.model_update import (
     signed_body,
     verify_model_archive,
 )
-from device.roster import Roster, RosterEntry
-from device.service import run_device
+from device.processes.assembly import run_device
+from device.uplink.commands import CommandHandler
 from gerbang import wire
 from provisioning.cli import main as provision_main
 from provisioning.model_signing import sign_model_bundle

@@ -7,7 +7,7 @@ import sys
 import textwrap
 import time
 
-from device.outbox import Outbox, OutboxRangeError
+from device.uplink.outbox import Outbox, OutboxRangeError
 
 OTHER_STREAM = "00112233aabbccdd"
 
@@ -48,7 +48,7 @@ def test_committed_event_survives_kill_9(tmp_path):
     path = tmp_path / "o.sqlite"
     script = textwrap.dedent(f"""
         import os, signal
-        from device.outbox import Outbox
+        from device.uplink.outbox import Outbox
         box = Outbox({str(path)!r})
         for i in range(50):
             box.append(lambda seq: ("t", b"event-%d" % seq))
@@ -110,7 +110,7 @@ def test_power_cut_mid_write_leaves_a_clean_database(tmp_path):
 
     path = tmp_path / "o.sqlite"
     script = textwrap.dedent(f"""
-        from device.outbox import Outbox
+        from device.uplink.outbox import Outbox
         box = Outbox({str(path)!r})
         while True:
             box.append(lambda seq: ("t", b"x" * 300 + str(seq).encode()))

@@ -16,9 +16,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from waiting import wait_until
 
-from device.commands import CommandHandler
-from device.outbox import Outbox
-from device.uplink import Uplink
+from device.uplink.commands import CommandHandler
+from device.uplink.outbox import Outbox
+from device.uplink.publisher import Uplink
 from gerbang import wire
 from gerbang.config import BrokerConfig
 
@@ -73,7 +73,8 @@ def watcher(mosquitto):
 
 
 def start_uplink(outbox: Outbox, port: int) -> Uplink:
-    """The gate's real uplink with the real command handler (as device/service.py builds it)."""
+    """The gate's real uplink with the real command handler (as device/processes/assembly.py builds
+    it)."""
     uplink: Uplink
 
     def command(name: str, payload: bytes):

@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 from waiting import wait_until
 
-from device.outbox import Outbox
+from device.decide.roster import Roster, RosterEntry, save_roster
 from device.processes import workers_of
-from device.roster import Roster, RosterEntry, save_roster
-from device.uplink import Uplink
+from device.uplink.outbox import Outbox
+from device.uplink.publisher import Uplink
 from gateway.ingest import Ingest
 from gerbang.config import BrokerConfig
 

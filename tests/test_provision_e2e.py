@@ -34,8 +34,8 @@ from waiting import wait_until
 
 from device.cli import build_parser as device_parser
 from device.config import load_device_config
+from device.decide.roster import Roster, RosterEntry, save_roster
 from device.infer.bundle import load_bundle
-from device.roster import Roster, RosterEntry, save_roster
 from gateway.ingest import Ingest
 from gateway.store import open_store
 from gerbang import wire

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from device.capture.replay import read_image
-from device.infer.quality import QualityConfig, assess
+from device.config import QualityConfig
+from device.infer.quality import assess
 from gerbang.wire import QUALITY_REASONS
 
 pytestmark = pytest.mark.faces

@@ -18,9 +18,9 @@ import time
 import pytest
 from waiting import wait_until
 
-from device.outbox import Outbox
-from device.roster import Roster, RosterEntry, save_roster
-from device.uplink import Uplink
+from device.decide.roster import Roster, RosterEntry, save_roster
+from device.uplink.outbox import Outbox
+from device.uplink.publisher import Uplink
 from gateway.ingest import Ingest
 from gerbang import wire
 from gerbang.config import BrokerConfig

@@ -15,9 +15,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from device.keyfile import KeyFileError, read_secret_key, write_secret_key
-from device.roster import Roster, RosterEntry, save_roster
-from device.roster_file import (
+from device.decide.roster import Roster, RosterEntry, save_roster
+from device.manage.keyfile import KeyFileError, read_secret_key, write_secret_key
+from device.manage.roster_file import (
     INCONSISTENT,
     MAGIC,
     MALFORMED,
@@ -35,7 +35,7 @@ from device.roster_file import (
     open_signed_roster,
     verify_signed_roster,
 )
-from device.template_store import (
+from device.manage.template_store import (
     TemplateStoreError,
     install_signed_roster,
     load_templates,
@@ -520,7 +520,7 @@ def roster_source(tmp_path, gate):
     """The gate's real roster source (what the check-in runs), with its data folder."""
     from device.config import parse_device_config
     from device.infer.bundle import load_bundle
-    from device.roster_source import RosterSource
+    from device.manage.roster_source import RosterSource
 
     files = gate["files"]
     config = parse_device_config({
@@ -537,7 +537,7 @@ def roster_source(tmp_path, gate):
 @pytest.mark.parametrize("damage", ["deleted", "corrupted"])
 def test_an_older_roster_is_refused_after_the_stored_file_is_lost(centre, gate, tmp_path,
                                                                    damage):
-    from device.commands import CommandError
+    from device.uplink.commands import CommandError
 
     source, embedder = roster_source(tmp_path, gate)
     install = source.push_handler(lambda roster: None)

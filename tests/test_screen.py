@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import pytest
 
-from device.config import ScreenConfig, parse_device_config
-from device.infer.challenge import ACTIONS, PROMPTS
-from device.screen import (
+from device.config import ACTIONS, ScreenConfig, parse_device_config
+from device.infer.challenge import PROMPTS
+from device.screen.server import (
     ADJUST,
     OFFLINE_BANNER,
     SEE_PROCTOR,
@@ -254,7 +254,7 @@ def test_screen_config_is_off_by_default_and_names_bad_fields():
 
 
 def test_service_helpers_port_in_use_and_uplink_state(caplog):
-    from device.service import open_screen, watch_uplink
+    from device.processes.assembly import open_screen, watch_uplink
 
     assert open_screen(ScreenConfig()) is None  # off by default
     with socket.socket() as taken:
@@ -270,7 +270,7 @@ def test_service_helpers_port_in_use_and_uplink_state(caplog):
 
     uplink, stop = Uplink(), threading.Event()
     with Screen(port=0, preview_fps=0) as screen:
-        import device.service as service
+        import device.processes.assembly as service
 
         service_offline_after, service.OFFLINE_AFTER_S = service.OFFLINE_AFTER_S, 0.5
         try:
@@ -297,8 +297,8 @@ def test_service_serves_the_screen_shows_offline_and_stops_it(tmp_path, faces_ro
     shows as accepted with the roster name, the uplink being down shows the offline banner, and
     the server stops with the service."""
     from device.capture.replay import read_image
-    from device.roster import Roster, RosterEntry, save_roster
-    from device.service import run_device
+    from device.decide.roster import Roster, RosterEntry, save_roster
+    from device.processes.assembly import run_device
     from gerbang.broker import free_port
     from provisioning.enroll import template_from_photos
 
@@ -374,7 +374,7 @@ def gate_parts(tmp_path):
 
     from device.config import GateIdentity
     from device.gate.door import DoorSignal
-    from device.outbox import Outbox
+    from device.uplink.outbox import Outbox
 
     Device.pin_factory = MockFactory()
     door = DoorSignal(17, 27, 22, pulse_s=0.2)
@@ -388,10 +388,10 @@ def gate_parts(tmp_path):
 
 
 def make_loop(pipeline, entries, parts, liveness=None):
-    from device.checkin import CheckinLoop, MatchPolicy
+    from device.config import QualityConfig
+    from device.decide.checkin import CheckinLoop, MatchPolicy
+    from device.decide.roster import Roster
     from device.infer.bundle import calibrated_threshold, load_bundle
-    from device.infer.quality import QualityConfig
-    from device.roster import Roster
 
     door, outbox, identity, screen = parts
     roster = Roster("S1", "R01", 1, tuple(entries))
@@ -410,7 +410,7 @@ def frame(image, ts=None, index=0):
 def test_loop_shows_accepted_name_refusals_and_hints_from_real_decisions(
         faces_root, pipeline, gate_parts, caplog):
     from device.capture.replay import read_image
-    from device.roster import RosterEntry
+    from device.decide.roster import RosterEntry
     from provisioning.enroll import template_from_photos
 
     a, stranger = sorted(p for p in (faces_root / "orl").iterdir() if p.is_dir())[:2]
@@ -444,9 +444,10 @@ def test_loop_shows_accepted_name_refusals_and_hints_from_real_decisions(
 @pytest.mark.faces
 def test_loop_shows_the_challenge_then_its_refusal(faces_root, pipeline, gate_parts):
     from device.capture.replay import read_image
+    from device.config import LivenessGateConfig
+    from device.decide.liveness_policy import LivenessGate
+    from device.decide.roster import RosterEntry
     from device.infer.liveness import LivenessCheck, LivenessConfig
-    from device.liveness_gate import LivenessGate, LivenessGateConfig
-    from device.roster import RosterEntry
 
     photo = read_image(faces_root / "celeba/7205/065013.jpg")
     liveness = LivenessGate(LivenessGateConfig(enabled=True, passive=False,

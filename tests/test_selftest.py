@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import pytest
 
-from device import selftest
 from device.config import parse_device_config
-from device.selftest import FAIL, PASS, WARN, SelftestOptions
+from device.tools import selftest
+from device.tools.selftest import FAIL, PASS, WARN, SelftestOptions
 from gerbang.broker import free_port
 from provisioning import pki
 
@@ -161,7 +161,7 @@ def test_gpio_toggles_every_output_and_reads_every_input(tmp_path, monkeypatch):
 
 
 def test_roster_keys_and_roster(tmp_path):
-    from device.roster import Roster, RosterEntry
+    from device.decide.roster import Roster, RosterEntry
     from provisioning.signing import create_roster_keys, export_device_keys, sign_roster
 
     plain = selftest.check_roster(gate_config(tmp_path))

@@ -26,9 +26,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from waiting import wait_until
 
-from device.commands import CommandHandler
-from device.outbox import Outbox
-from device.uplink import Uplink
+from device.uplink.commands import CommandHandler
+from device.uplink.outbox import Outbox
+from device.uplink.publisher import Uplink
 from gateway.auth import add_user
 from gateway.ingest import Ingest
 from gateway.web import create_app
@@ -308,7 +308,7 @@ def test_a_replaced_outbox_is_alerted(tmp_path, mosquitto, gateway):
 def test_the_gates_resend_answer_is_read_for_what_it_no_longer_keeps():
     from gateway.ingest import not_kept_count
 
-    # the answer device/uplink.py's resend gives, and shorter wordings
+    # the answer device/uplink/publisher.py's resend gives, and shorter wordings
     assert not_kept_count("re-sending 3 of 5 (seq 2..6); 2 no longer kept") == 2
     assert not_kept_count("re-sending 1 of 1 (seq 7..7); 0 no longer kept") == 0
     assert not_kept_count("re-queued 0; 1 no longer kept") == 1

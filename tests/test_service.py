@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from device.roster import Roster, RosterEntry, save_roster
+from device.decide.roster import Roster, RosterEntry, save_roster
 from gerbang.broker import free_port
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -179,7 +179,7 @@ def test_enrolled_face_opens_stranger_does_not(tmp_path, mosquitto, gateway_proc
 def test_an_outbox_at_its_bound_alarms_once_and_drops_only_frames_without_a_face(tmp_path):
     """No broker for a long time: at 80 % of ``outbox_max_events`` one ``outbox_near_full``
     alarm is queued for the gateway; at the bound, frames without a face are no longer kept."""
-    from device.outbox import Outbox
+    from device.uplink.outbox import Outbox
 
     frames = tmp_path / "frames"
     frames.mkdir()

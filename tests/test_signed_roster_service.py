@@ -18,9 +18,9 @@ from waiting import wait_until
 
 from device.capture.replay import read_image
 from device.config import parse_device_config
+from device.decide.roster import Roster, RosterEntry
 from device.infer.bundle import load_bundle
-from device.roster import Roster, RosterEntry
-from device.service import run_device
+from device.processes.assembly import run_device
 from gerbang import wire
 from provisioning.signing import create_roster_keys, export_device_keys, sign_roster
 

@@ -11,8 +11,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from waiting import wait_until
 
-from device.outbox import Outbox
-from device.uplink import Uplink
+from device.uplink.outbox import Outbox
+from device.uplink.publisher import Uplink
 from gateway.ingest import Ingest
 from gerbang import wire
 from gerbang.config import BrokerConfig

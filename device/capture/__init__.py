@@ -1,6 +1,7 @@
 """Frame sources behind one interface: replay (folder/video/playlist) now; picamera2 and V4L2 next.
 
 A source yields :class:`Frame` objects; the check-in loop never knows which camera it reads.
+Imports config and bus only; OpenCV only inside the sources that decode files.
 """
 
 from __future__ import annotations

@@ -1,11 +1,17 @@
-"""Frames from the capture process: the check-in process's camera (see :mod:`device.bus`)."""
+"""Frames from the capture process: the check-in process's camera (see
+:mod:`device.bus`)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import struct
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import zmq
 
 from device import bus as busmod
@@ -13,6 +19,8 @@ from device.bus import Bus
 from device.capture import Frame
 
 log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!I")  # length of the JSON header in a frame message
 
 #: Without a frame for this long, ask again: the credit or the frame was lost (the capture
 #: process was restarting, or had not yet seen this subscriber).
@@ -48,7 +56,7 @@ class BusFrameSource:
             if not self._frames.poll(int(ASK_AGAIN_S * 1000)):
                 self._ask(last)
                 continue
-            header, frame = busmod.decode_frame(self._frames.recv(zmq.NOBLOCK))
+            header, frame = decode_frame(self._frames.recv(zmq.NOBLOCK))
             if frame is None:
                 log.info("the capture process says its source has ended")
                 return
@@ -65,3 +73,29 @@ class BusFrameSource:
         self._frames.close()
         if self._credits is not None:
             self._credits.close()
+
+
+def encode_frame(frame: Frame | None, **extra: Any) -> bytes:
+    """One frame as one message (None: the source has ended); ``extra`` joins the header."""
+    if frame is None:
+        header: dict[str, Any] = {"end": True, "sent": time.monotonic()}
+        pixels = b""
+    else:
+        image = np.ascontiguousarray(frame.image)
+        header = {"index": frame.index, "ts": frame.ts, "ref": frame.ref,
+                  "shape": list(image.shape), "dtype": str(image.dtype),
+                  "sent": time.monotonic(), **extra}
+        pixels = image.tobytes()
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return _HEADER.pack(len(encoded)) + encoded + pixels
+
+
+def decode_frame(message: bytes) -> tuple[dict[str, Any], Frame | None]:
+    """The header and the frame of a frame message (frame None for the end marker)."""
+    (length,) = _HEADER.unpack_from(message)
+    header = json.loads(message[_HEADER.size:_HEADER.size + length])
+    if header.get("end"):
+        return header, None
+    pixels = memoryview(message)[_HEADER.size + length:]
+    image = np.frombuffer(pixels, dtype=header["dtype"]).reshape(header["shape"])
+    return header, Frame(image=image, ts=header["ts"], index=header["index"], ref=header["ref"])

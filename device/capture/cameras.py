@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 
 from device.capture import Frame, FrameSource
 from device.capture.live import PiCameraSource, V4L2Source
-from device.capture.replay import ReplaySource
 from device.config import CaptureConfig
 
 
@@ -24,6 +23,10 @@ def open_camera(capture: CaptureConfig, alarm: CameraAlarm | None = None) -> Fra
         live = V4L2Source(capture.device, size=size, fps=fps, freeze_s=capture.freeze_s,
                           on_fault=on_fault)
     else:
+        # Imported here: replay decodes with OpenCV, which a Pi camera's capture process
+        # (and the ~30 MB it costs) never needs.
+        from device.capture.replay import ReplaySource
+
         assert capture.path is not None  # validated by CaptureConfig
         return ReplaySource(capture.path, fps=capture.fps, loop=capture.loop)
     return alarm.watch(live) if alarm else live

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import cv2
 import numpy as np
 
 from device.capture import Frame
@@ -168,16 +167,19 @@ class V4L2Source(LiveSource):
     """A USB (UVC) camera through OpenCV's V4L2 back-end (or any OpenCV-readable source)."""
 
     def __init__(self, device: str | int = "/dev/video0", size: tuple[int, int] = (1280, 720),
-                 fps: float = 15.0, api: int = cv2.CAP_V4L2, **kwargs: Any) -> None:
+                 fps: float = 15.0, api: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.device = device
         self.size = size
         self.fps = fps
-        self.api = api
-        self._cap: cv2.VideoCapture | None = None
+        self.api = api  # None: cv2.CAP_V4L2
+        self._cap: Any = None  # cv2.VideoCapture once open
 
     def _open(self) -> None:
-        cap = cv2.VideoCapture(self.device, self.api)
+        # OpenCV loads only here: a Pi camera's capture process never pays its ~30 MB.
+        import cv2
+
+        cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2 if self.api is None else self.api)
         if not cap.isOpened():
             cap.release()
             raise CameraFault(f"cannot open {self.device}")

@@ -10,4 +10,5 @@
 
 The code never knows whether pins are real: ``pins.use_pin_factory`` picks gpiozero's native
 factory on a Raspberry Pi and its MockFactory elsewhere (demo, tests), like gpiozero itself does.
+Imports config and bus only (the gate controller process loads no OpenCV or TFLite).
 """

@@ -103,7 +103,7 @@ def calibrated_threshold(bundle: ModelBundle, score_kind: str, far: float) -> fl
 
     Raises ModelBundleError when the bundle was never calibrated for it, naming the fix.
     """
-    from device.metrics import far_key
+    from device.infer.metrics import far_key
 
     try:
         return float(bundle.manifest["calibration"]["thresholds"][score_kind][far_key(far)])

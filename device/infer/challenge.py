@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from device.config import ACTIONS
 from device.infer.landmarks import Mesh
-
-ACTIONS = ("blink", "turn_left", "turn_right", "nod")
 
 # Six FaceMesh points per eye for the eye aspect ratio (Soukupová & Čech 2016): corners p1/p4,
 # upper lid p2/p3, lower lid p6/p5.

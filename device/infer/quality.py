@@ -13,55 +13,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from device.config import QualityConfig
 from device.infer.detect import Face
 from device.infer.landmarks import Mesh
 from device.infer.pipeline import FaceReading
-
-
-@dataclass
-class QualityConfig:
-    """Thresholds of the quality gate (all in ``[quality]`` of the device config)."""
-
-    # Defaults come from genuine-probe acceptance per bucket on the shared celeba set (gate
-    # protocol, 3-photo templates; table in docs/verification.md): each limit sits where
-    # acceptance falls off a cliff, not where a textbook puts it, so the gate refuses only
-    # captures that would likely be refused anyway, with a reason the applicant can act on.
-
-    #: Eye-centre distance in frame pixels. Acceptance holds at 0.90-0.93 down to 12 px and
-    #: falls to 0.57 below (the 112-px crop then invents more than half its detail). A door
-    #: camera at arm's length gives 60+ px, so this only trips on someone far away.
-    min_inter_eye_px: float = 12.0
-    #: Head turn (yaw) limit, degrees: acceptance 0.89-0.92 from 35° to 42°, 0.75 at 42-45°
-    #: and 0.67 beyond.
-    max_yaw_deg: float = 42.0
-    #: Nod (pitch) limit, degrees: acceptance 0.91 at 25-30°, 0.58 at 30-40°.
-    max_pitch_deg: float = 30.0
-    #: Mean luminance (0..255) of the face's central region: below 45 or above 200 acceptance
-    #: drops under 0.5 (noise-dominated, or washed-out skin texture).
-    min_brightness: float = 45.0
-    max_brightness: float = 200.0
-    #: Variance of the Laplacian of the central region of the aligned 112×112 grey crop: sharp
-    #: faces score in the hundreds; below 50 (motion or focus blur) acceptance falls to 0.43.
-    min_sharpness: float = 50.0
-    #: A second face at least this fraction of the subject's area counts as another person at
-    #: the camera (tailgating, a helper behind the applicant); smaller ones are the queue behind.
-    second_face_area_ratio: float = 0.35
-    #: Eyes and mouth corners must lie at least this many eye-distances inside the frame: a
-    #: frontal face's outline reaches about half an eye-distance beyond its eyes, so closer
-    #: than a quarter means part of the face is outside the picture.
-    min_edge_margin: float = 0.25
-
-    def __post_init__(self) -> None:
-        from gerbang.config import require
-
-        require(0 <= self.min_inter_eye_px <= 500, "min_inter_eye_px", "must be 0..500")
-        require(0 < self.max_yaw_deg <= 90, "max_yaw_deg", "must be in (0, 90]")
-        require(0 < self.max_pitch_deg <= 90, "max_pitch_deg", "must be in (0, 90]")
-        require(0 <= self.min_brightness < self.max_brightness <= 255, "min_brightness",
-                "must satisfy 0 <= min_brightness < max_brightness <= 255")
-        require(0 <= self.min_sharpness <= 10_000, "min_sharpness", "must be 0..10000")
-        require(0 < self.second_face_area_ratio <= 1, "second_face_area_ratio", "must be (0, 1]")
-        require(0 <= self.min_edge_margin < 5, "min_edge_margin", "must be in [0, 5)")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Each runs as ``gerbang-device worker NAME --config FILE`` under the supervisor
 (:mod:`device.processes.supervisor`, what ``gerbang-device run`` starts), which restarts any
 that dies. Why processes: a crash or hang in the camera driver or inference cannot stop the
 door re-locking or the outbox draining, and each can be killed and restarted alone without
-losing a recorded decision (see :mod:`device.bus` for what flows where).
+losing a recorded decision (see :mod:`device.bus` for what flows where). May import every
+device package but tools and cli; the gate, uplink and capture workers load no OpenCV or TFLite.
 """
 
 from __future__ import annotations

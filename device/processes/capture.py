@@ -12,6 +12,7 @@ import zmq
 from device import bus as busmod
 from device.bus import Bus
 from device.capture import Frame, FrameSource
+from device.capture.bus import encode_frame
 from device.capture.cameras import CameraAlarm, is_paced, open_camera
 from device.config import CaptureConfig
 
@@ -35,7 +36,7 @@ class _Publisher:
 
     def publish(self, frame: Frame) -> None:
         self.position += 1
-        self.last = busmod.encode_frame(frame, run=self.run, position=self.position,
+        self.last = encode_frame(frame, run=self.run, position=self.position,
                                         visit=self.visit)
         self.resend()
 
@@ -45,7 +46,7 @@ class _Publisher:
         self.published += 1
 
     def end(self) -> None:
-        self.sock.send(busmod.encode_frame(None))
+        self.sock.send(encode_frame(None))
 
     @property
     def key(self) -> list[object]:

@@ -11,16 +11,17 @@ from typing import Any
 import zmq
 
 from device import bus as busmod
-from device.alarms import open_outbox
 from device.bus import Bus
 from device.capture.bus import BusFrameSource
 from device.capture.cameras import is_paced
-from device.checkin import CheckinLoop
-from device.commands import CommandHandler
 from device.config import DeviceConfig
+from device.decide.checkin import CheckinLoop
 from device.gate.remote import RemoteDoor
-from device.health import peak_rss_mb
-from device.service import load_judge, open_screen, watch_uplink
+from device.manage import template_store
+from device.processes.assembly import load_judge, open_screen, watch_uplink
+from device.processes.health import peak_rss_mb
+from device.uplink.alarms import open_outbox
+from device.uplink.commands import CommandHandler
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def run_checkin(config: DeviceConfig, bus: Bus, stop: threading.Event) -> dict[s
     # Only the roster command needs this process (it swaps the roster the loop judges
     # against); the uplink process runs the others itself.
     handler = CommandHandler(ident.session, ident.data_dir, door.grant, loop.record_alarm,
-                             rosters.push_handler(loop.use_roster), None)
+                             rosters.push_handler(loop.use_roster), None,
+                             wipe_templates=template_store.wipe_handler(ident.data_dir))
     serve_commands(bus, handler, stop)
     source = BusFrameSource(bus, is_paced(config.capture), stop)
     judge.confirm_models()

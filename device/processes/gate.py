@@ -18,11 +18,11 @@ from typing import Any
 import zmq
 
 from device import bus as busmod
-from device.alarms import open_outbox, record_alarm
 from device.bus import Bus
 from device.config import DeviceConfig
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
+from device.uplink.alarms import open_outbox, record_alarm
 from gerbang import wire
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,8 @@ import zmq
 from device import bus as busmod
 from device.bus import Bus, bus_dir
 from device.config import DeviceConfig, load_device_config
-from device.outbox import Outbox
 from device.processes import WORKERS, result_path
+from device.uplink.outbox import Outbox
 from gerbang.sdnotify import SystemdNotifier
 from gerbang.stopping import stop_processes
 

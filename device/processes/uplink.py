@@ -13,15 +13,15 @@ from typing import Any
 import zmq
 
 from device import bus as busmod
-from device import model_update
-from device.alarms import open_outbox, record_alarm
 from device.bus import Bus
-from device.commands import CommandHandler, CommandResult
 from device.config import DeviceConfig
-from device.config_push import reported_config
 from device.gate.remote import RemoteDoor
-from device.health import cpu_temperature_c, peak_rss_mb
-from device.uplink import Uplink
+from device.manage import model_update, template_store
+from device.manage.config_push import reported_config
+from device.processes.health import cpu_temperature_c, peak_rss_mb
+from device.uplink.alarms import open_outbox, record_alarm
+from device.uplink.commands import CommandHandler, CommandResult
+from device.uplink.publisher import Uplink
 from gerbang import __version__
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,10 @@ def run_uplink(config: DeviceConfig, bus: Bus, stop: threading.Event,
             log.error("cannot reach the supervisor to restart (%s)", why)
 
     def apply_config(body: dict[str, Any]) -> str:
-        from device.config_push import config_push_handler
+        from device.manage.config_push import config_push_handler
 
         if config_path is None:
-            from device.commands import CommandError
+            from device.uplink.commands import CommandError
 
             raise CommandError("config: this gate was not started from a config file")
         handle = config_push_handler(config_path, ident.data_dir,
@@ -107,7 +107,8 @@ def run_uplink(config: DeviceConfig, bus: Bus, stop: threading.Event,
     local = CommandHandler(ident.session, ident.data_dir, door.grant,
                            lambda kind, detail: record_alarm(outbox, ident, kind, detail),
                            None, model_update.push_handler(config), apply_config,
-                           resend=lambda body: uplink.resend(body))
+                           resend=lambda body: uplink.resend(body),
+                           wipe_templates=template_store.wipe_handler(ident.data_dir))
 
     def command(name: str, payload: bytes) -> CommandResult:
         if name in FORWARDED:

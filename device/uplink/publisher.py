@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
-from device.outbox import Outbox
+from device.uplink.outbox import Outbox
 from gerbang import wire
 from gerbang.config import BrokerConfig
 from gerbang.mqtt import connect_async, make_client
 
 if TYPE_CHECKING:
-    from device.commands import CommandResult
+    from device.uplink.commands import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,8 @@ class Uplink:
         """The ``resend`` command: ``{"stream", "from_seq", "to_seq"}`` (inclusive, at most
         ``wire.RESEND_MAX_SPAN`` seqs) → the kept rows of that range are published again in
         seq order. Returns the acknowledgement; CommandError names a bad field."""
-        from device.commands import CommandError
-        from device.outbox import OutboxRangeError
+        from device.uplink.commands import CommandError
+        from device.uplink.outbox import OutboxRangeError
 
         stream = body.get("stream")
         if not isinstance(stream, str) or not wire.STREAM_PATTERN.match(stream):

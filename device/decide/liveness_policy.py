@@ -16,43 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from device.infer.challenge import ACTIONS, Challenge, ChallengeConfig
+from device.config import LivenessGateConfig
+from device.infer.challenge import Challenge, ChallengeConfig
 from device.infer.liveness import LivenessCheck
 from device.infer.pipeline import FaceReading
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LivenessGateConfig:
-    """``[liveness]`` in the device config."""
-
-    #: Off for replayed stills (a photo cannot answer a challenge); on at a real door.
-    enabled: bool = False
-    #: Ask for an action (blink / turn / nod). Off leaves the passive check only.
-    challenge: bool = True
-    actions: tuple[str, ...] = ACTIONS
-    timeout_s: float = 4.0
-    #: Single-frame passive classifier (needs the model file in the bundle).
-    passive: bool = True
-    #: 3-D consistency of the challenge's landmark track.
-    planarity: bool = True
-    #: Failed liveness attempts per card within ``window_s`` before the card is locked here.
-    max_failures: int = 3
-    window_s: float = 600.0
-    #: How long a locked card stays locked at this gate (a proctor admits by hand meanwhile).
-    lockout_s: float = 1800.0
-
-    def __post_init__(self) -> None:
-        from gerbang.config import require
-
-        self.actions = tuple(self.actions)
-        require(set(self.actions) <= set(ACTIONS) and bool(self.actions), "actions",
-                f"must be a non-empty subset of {ACTIONS}")
-        require(0.5 <= self.timeout_s <= 30, "timeout_s", "must be 0.5..30 seconds")
-        require(1 <= self.max_failures <= 100, "max_failures", "must be 1..100")
-        require(0 < self.window_s <= 86_400, "window_s", "must be > 0 and at most a day")
-        require(0 <= self.lockout_s <= 86_400, "lockout_s", "must be 0..86400 seconds")
 
 
 class FailedAttempts:

@@ -11,13 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from device import model_update
-from device.alarms import open_outbox
 from device.capture import FrameSource
 from device.capture.cameras import CameraAlarm, is_paced, open_camera
 from device.capture.newest import NewestFrameSource
-from device.checkin import CheckinLoop, MatchPolicy
-from device.commands import CommandHandler, CommandResult
 from device.config import (
     LOOSEST_FAR,
     CaptureConfig,
@@ -25,9 +21,11 @@ from device.config import (
     ScreenConfig,
     check_threshold,
 )
+from device.decide.checkin import CheckinLoop, MatchPolicy
+from device.decide.liveness_policy import LivenessGate
+from device.decide.roster import Roster
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
-from device.health import cpu_temperature_c, peak_rss_mb
 from device.infer.bundle import ModelBundle, ModelBundleError, calibrated_threshold
 from device.infer.liveness import (
     DEFAULT_PASSIVE_MODEL,
@@ -36,11 +34,13 @@ from device.infer.liveness import (
     PassiveLiveness,
 )
 from device.infer.pipeline import FacePipeline
-from device.liveness_gate import LivenessGate
-from device.roster import Roster
-from device.roster_source import RosterSource
-from device.screen import Screen
-from device.uplink import Uplink
+from device.manage import model_update, template_store
+from device.manage.roster_source import RosterSource
+from device.processes.health import cpu_temperature_c, peak_rss_mb
+from device.screen.server import Screen
+from device.uplink.alarms import open_outbox
+from device.uplink.commands import CommandHandler, CommandResult
+from device.uplink.publisher import Uplink
 from gerbang import __version__, wire
 from gerbang.sdnotify import SystemdNotifier
 
@@ -213,7 +213,9 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
                               loop_ref[0].record_alarm,
                               rosters.push_handler(loop_ref[0].use_roster),
                               model_update.push_handler(config),
-                              resend=uplink.resend).handle(name, payload)
+                              resend=uplink.resend,
+                              wipe_templates=template_store.wipe_handler(ident.data_dir),
+                              ).handle(name, payload)
 
     def telemetry() -> dict[str, Any]:
         loop = loop_ref[0] if loop_ref else None

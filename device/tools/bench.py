@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from device.capture.replay import list_images, read_image
-from device.card import read_card
+from device.decide.card import read_card
 from device.infer.bundle import ModelBundle
 from device.infer.match import Gallery
 from device.infer.pipeline import FacePipeline
@@ -108,7 +108,7 @@ def service_peak_rss_mb(faces: Path, images: int = 100) -> dict[str, Any]:
     import sys
     import tempfile
 
-    from device.roster import Roster, RosterEntry, save_roster
+    from device.decide.roster import Roster, RosterEntry, save_roster
     from gerbang.broker import start_local_broker
 
     with tempfile.TemporaryDirectory(prefix="gerbang-bench-") as tmp:

@@ -12,7 +12,7 @@ File layout (bytes)::
     header length                     4 bytes, big-endian
     header                            UTF-8 JSON, see SignedRosterHeader (no names, no templates)
     payload                           AES-256-GCM(room transport key, nonce from the header,
-                                      roster JSON (device.roster), associated data = magic +
+                                      roster JSON (device.decide.roster), associated data = magic +
                                       header length + header)
     signature                         64 bytes: Ed25519 over everything above
 
@@ -43,10 +43,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device import signed_layout
-from device.keyfile import KEY_BYTES, key_id
-from device.roster import Roster, RosterError, roster_from_dict
-from device.signed_layout import (
+from device.decide.roster import Roster, RosterError, roster_from_dict
+from device.manage import signed_layout
+from device.manage.keyfile import KEY_BYTES, key_id
+from device.manage.signed_layout import (
     LayoutError,
     SignatureMismatch,
     check_signature,
@@ -165,7 +165,7 @@ def payload_aad(header_bytes: bytes) -> bytes:
 
 def _split(blob: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """(body, header bytes, payload, signature) by the layout alone; RosterRefused if it is not
-    one (``device.signed_layout``)."""
+    one (``device.manage.signed_layout``)."""
     try:
         return split_signed(blob, MAGIC)
     except LayoutError as exc:

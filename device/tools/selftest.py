@@ -379,7 +379,7 @@ def check_models(config: DeviceConfig) -> CheckResult:
 
 def check_camera(config: DeviceConfig, options: SelftestOptions) -> CheckResult:
     """The configured camera opens and delivers frames within the timeout."""
-    from device.service import open_source
+    from device.processes.assembly import open_source
 
     capture = config.capture
     what = capture.source if capture.source != "replay" else f"replay {capture.path}"
@@ -513,10 +513,10 @@ def check_roster(config: DeviceConfig) -> CheckResult:
     The gate service refuses to start without one, so its absence is reported; a roster can
     also arrive later (copied into ``incoming/``), hence a warning rather than a failure.
     """
-    from device.keyfile import key_id, read_secret_key
-    from device.roster_file import load_roster_public_key
-    from device.signed_layout import public_key_id
-    from device.template_store import read_store_header, store_path
+    from device.manage.keyfile import key_id, read_secret_key
+    from device.manage.roster_file import load_roster_public_key
+    from device.manage.signed_layout import public_key_id
+    from device.manage.template_store import read_store_header, store_path
 
     keys, ident = config.keys, config.gate
     if not keys.signed_rosters:

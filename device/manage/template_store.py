@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device.keyfile import KEY_BYTES, key_id
-from device.roster import Roster, RosterError, roster_from_dict
-from device.roster_file import verify_signed_roster
+from device.decide.roster import Roster, RosterError, roster_from_dict
+from device.manage.keyfile import KEY_BYTES, key_id
+from device.manage.roster_file import verify_signed_roster
 from gerbang.files import write_atomic
 from gerbang.wire import ID_PATTERN
 
@@ -73,7 +74,7 @@ def _check_id(what: str, value: str) -> str:
 def _check_key(storage_key: bytes) -> bytes:
     if not isinstance(storage_key, bytes) or len(storage_key) != KEY_BYTES:
         raise TemplateStoreError(f"the storage key must be {KEY_BYTES} bytes (read it with "
-                                 "device.keyfile.read_secret_key)")
+                                 "device.manage.keyfile.read_secret_key)")
     return storage_key
 
 
@@ -251,9 +252,11 @@ def install_signed_roster(blob: bytes, *, data_dir: Path, storage_key: bytes,
                           min_version: int | None = None) -> Roster:
     """Verify a signed roster as received (MQTT or bundle) and keep it in the encrypted store.
 
-    Every check of ``device.roster_file.verify_signed_roster`` applies, with the version of the
+    Every check of ``device.manage.roster_file.verify_signed_roster`` applies, with the version of
+    the
     roster already stored as the minimum (no roll-back), or ``min_version`` when higher: the
-    version high-water mark the gate keeps apart from this file (``device.roster_source``), so
+    version high-water mark the gate keeps apart from this file (``device.manage.roster_source``),
+    so
     deleting or damaging the file does not open a roll-back either. A stored file that can no
     longer be opened (replaced key, damage) does not block a verified roster from replacing it.
     Raises
@@ -277,3 +280,12 @@ def install_signed_roster(blob: bytes, *, data_dir: Path, storage_key: bytes,
              roster.version, session, room, len(roster.entries), verified.header.signer,
              verified.header.created)
     return roster
+
+
+def wipe_handler(data_dir: Path) -> Callable[[str | None], int]:
+    """What the ``session_close`` and ``wipe`` commands run: wipe one session's templates, or
+    every session's when given None; returns how many files were removed."""
+    def wipe_templates(session: str | None) -> int:
+        sessions = [session] if session is not None else stored_sessions(data_dir)
+        return sum(wipe(data_dir, s) for s in sessions)
+    return wipe_templates

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from device.config import DeviceConfig, GateIdentity
-from device.outbox import Outbox
+from device.uplink.outbox import Outbox
 from gerbang import wire
 
 

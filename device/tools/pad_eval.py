@@ -30,7 +30,7 @@ from device.capture.replay import read_image
 from device.infer.challenge import Challenge, ChallengeConfig
 from device.infer.liveness import LivenessCheck, LivenessConfig, PassiveLiveness
 from device.infer.pipeline import FacePipeline
-from device.pad_sequences import ATTACKS, attack_frames
+from device.tools.pad_sequences import ATTACKS, attack_frames
 from gerbang.progress import progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

@@ -8,7 +8,8 @@ a field is added to a config dataclass without being classified here):
     the gate trusts, or which messages reach the gateway; each is bounded at load. Kept small.
 ``signed``
     Only through a config file signed with the centre's roster-signing key
-    (``gerbang-provision config-push --keys DIR``; ``device.signed_config``), like rosters and
+    (``gerbang-provision config-push --keys DIR``; ``device.manage.signed_config``), like rosters
+    and
     model bundles: matching, liveness, quality, the broker address, the door hardware, the
     room and session, the camera, the models, the outbox bounds.
 ``local``

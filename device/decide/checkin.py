@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from device.alarms import record_alarm
 from device.capture import Frame, FrameSource
-from device.card import read_card
-from device.config import GateIdentity
+from device.config import GateIdentity, QualityConfig
+from device.decide.card import read_card
+from device.decide.liveness_policy import LivenessGate
+from device.decide.roster import Roster
 from device.gate.door import Door
 from device.infer.pipeline import FacePipeline, FaceReading
-from device.infer.quality import QualityConfig, assess
-from device.liveness_gate import LivenessGate
-from device.outbox import Outbox
-from device.roster import Roster
-from device.screen import Screen
+from device.infer.quality import assess
+from device.screen.server import Screen
+from device.uplink.alarms import record_alarm
+from device.uplink.outbox import Outbox
 from gerbang import wire
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class MatchPolicy:
     require_card: bool = False
     #: The score kind ``threshold`` is for, and how to get the threshold of another kind (a
     #: pushed roster with a session cohort switches cosine to T-norm scores, whose scale
-    #: differs): ``device.service.threshold_for``. None: the threshold fits every roster.
+    #: differs): ``device.processes.assembly.threshold_for``. None: the threshold fits every roster.
     score_kind: str | None = None
     threshold_for: Callable[[str], float] | None = None
 

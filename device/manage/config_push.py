@@ -4,10 +4,10 @@ The technician (``gerbang-provision config-push``) sends a gate its *whole* ``de
 a version number, in one of two forms:
 
 * **signed** ``{"signed_config_b64": …}``: the file signed with the centre's roster-signing key
-  for this gate (``device.signed_config``; the version is the signed header's). It may change
+  for this gate (``device.manage.signed_config``; the version is the signed header's). It may change
   every key but the local-only ones.
 * **unsigned** ``{"version": N, "config": "<TOML text>"}``: it may change only the *harmless*
-  keys (``device.config_keys.HARMLESS_KEYS``: telemetry interval, drain timeout, inference
+  keys (``device.manage.config_keys.HARMLESS_KEYS``: telemetry interval, drain timeout, inference
   threads, screen timings, camera freeze time). A gate without ``[keys]`` takes only these.
 
 Which keys differ is decided on the *effective* configs (defaults applied), so writing a default
@@ -28,7 +28,7 @@ Refused, with a message naming the field, and with nothing on disk changed:
 * a signed config that does not verify, or is for another centre or gate;
 * an unsigned config that changes a signed key (the refusal names the first one and says how
   to sign the push);
-* any change of a local-only key (``device.config_keys.LOCAL_KEYS``): ``gate.device_id`` and
+* any change of a local-only key (``device.manage.config_keys.LOCAL_KEYS``): ``gate.device_id`` and
   ``gate.centre`` (the gate's certificate and the broker's ACL are bound to them),
   ``gate.data_dir`` (the outbox, the templates and this module's state live there), ``[keys]``
   and the broker's TLS files and credentials (whom the gate trusts); re-provision instead.
@@ -57,9 +57,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device.commands import CommandError
 from device.config import DeviceConfig, load_device_config, parse_device_config
-from device.config_keys import HARMLESS_KEYS, LOCAL, LOCAL_KEYS, SIGNED, changed_keys, classify
+from device.manage.config_keys import (
+    HARMLESS_KEYS,
+    LOCAL,
+    LOCAL_KEYS,
+    SIGNED,
+    changed_keys,
+    classify,
+)
+from device.uplink.commands import CommandError
 from gerbang import wire
 from gerbang.config import ConfigError
 from gerbang.files import write_atomic
@@ -175,9 +182,9 @@ def _current_config(config_path: Path) -> DeviceConfig:
 
 def _signed_text(body: dict[str, Any], current: DeviceConfig) -> tuple[int, str]:
     """(version, TOML text) of a signed push, verified against this gate's key and identity."""
-    from device.roster import RosterError
-    from device.roster_file import load_roster_public_key
-    from device.signed_config import ConfigRefused, verify_signed_config
+    from device.decide.roster import RosterError
+    from device.manage.roster_file import load_roster_public_key
+    from device.manage.signed_config import ConfigRefused, verify_signed_config
 
     encoded = body.get("signed_config_b64")
     if not isinstance(encoded, str):

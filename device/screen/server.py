@@ -15,7 +15,7 @@ leave the device:
 =================  ==============================================================================
 path               what
 =================  ==============================================================================
-``/``              the page (``device/screen_static/``); it renders what the server pushes
+``/``              the page (``device/screen/static/``); it renders what the server pushes
 ``/events``        server-sent events: the current view at once, then every change
 ``/preview.mjpg``  the camera, MJPEG, downscaled, at most ``preview_fps``; always the newest frame
 ``/state``         the current view as JSON (for a technician with ``curl``, and tests)
@@ -439,7 +439,7 @@ _CSP = ("default-src 'self'; img-src 'self'; connect-src 'self'; style-src 'self
 
 def _load_static() -> dict[str, tuple[bytes, str]]:
     """The page's files by URL path (read once: they are small and never change at run time)."""
-    folder = resources.files("device") / "screen_static"
+    folder = resources.files("device.screen") / "static"
     files: dict[str, tuple[bytes, str]] = {}
     for item in folder.iterdir():
         suffix = item.name[item.name.rfind("."):]

@@ -1,11 +1,12 @@
 """Signed device configs: how a config that decides who enters reaches a gate.
 
-A ``device.toml`` that changes a ``signed`` key (``device.config_keys``: thresholds, liveness,
+A ``device.toml`` that changes a ``signed`` key (``device.manage.config_keys``: thresholds,
+liveness,
 quality, broker address, pin map, room, session, camera, models, outbox bounds) is accepted
 only signed with the centre's roster-signing key (the key every gate already trusts through
 ``[keys] roster_public_key``), made by ``gerbang-provision config-push --keys DIR``.
 
-File layout (bytes; ``device.signed_layout``)::
+File layout (bytes; ``device.manage.signed_layout``)::
 
     b"gerbang-signed-config/1\\n"     magic: format and version; keeps these signatures apart
                                       from rosters and model bundles (same key, other magic)
@@ -29,8 +30,8 @@ from dataclasses import asdict, dataclass, fields
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device import signed_layout
-from device.signed_layout import (
+from device.manage import signed_layout
+from device.manage.signed_layout import (
     LayoutError,
     SignatureMismatch,
     check_signature,
@@ -42,7 +43,7 @@ MAGIC = b"gerbang-signed-config/1\n"
 HEADER_FORMAT = 1
 SIGNATURE_BYTES = signed_layout.SIGNATURE_BYTES
 _LENGTH = signed_layout.LENGTH
-#: A device.toml is a few kilobytes (``device.config_push.MAX_CONFIG_CHARS``).
+#: A device.toml is a few kilobytes (``device.manage.config_push.MAX_CONFIG_CHARS``).
 MAX_SIGNED_CONFIG_BYTES = 256 * 1024
 
 MALFORMED, TAMPERED, WRONG_KEY, INCONSISTENT = "malformed", "tampered", "wrong_key", "inconsistent"

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from device.capture.replay import IMAGE_SUFFIXES, read_image
+from device.config import QualityConfig
 from device.infer.match import Gallery
+from device.infer.metrics import all_pairs_scores, verification_report
 from device.infer.pipeline import FacePipeline
-from device.infer.quality import QualityConfig, assess
-from device.metrics import all_pairs_scores, verification_report
+from device.infer.quality import assess
 from gerbang.progress import progress
 
 

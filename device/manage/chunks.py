@@ -34,7 +34,7 @@ def receive_chunk(upload_dir: Path, body: dict[str, Any], max_bytes: int,
     Parts live in ``upload_dir/<sha256>.part``; a new upload (another sha256) discards any
     other unfinished one there. CommandError says what is wrong with a bad chunk.
     """
-    from device.commands import CommandError
+    from device.uplink.commands import CommandError
 
     sha, size, offset = body.get("sha256"), body.get("size"), body.get("offset")
     encoded = body.get("chunk_b64")

@@ -54,7 +54,6 @@ CREATE INDEX IF NOT EXISTS outbox_queued ON outbox(seq) WHERE queued = 1;
 CREATE INDEX IF NOT EXISTS outbox_acked ON outbox(acked) WHERE acked IS NOT NULL;
 """
 #: The outbox's file name inside the gate's data directory.
-OUTBOX_FILE = "outbox.sqlite"
 #: High-water mark names (``Outbox.high_water``).
 MODELS_HIGH_WATER = "models"
 

@@ -2,7 +2,8 @@
 
 Production: rosters arrive signed and encrypted for the room, copied into ``incoming/`` from a
 provisioning bundle or pushed over MQTT (the ``roster`` command). Each is verified
-(``device.roster_file``) and kept encrypted at rest (``device.template_store``); templates of
+(``device.manage.roster_file``) and kept encrypted at rest (``device.manage.template_store``);
+templates of
 other sessions are wiped at start, so a gate never holds more than its current session.
 """
 
@@ -14,14 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device import chunks
 from device.config import DeviceConfig
+from device.decide.roster import Roster, RosterError, load_roster
 from device.infer.bundle import ModelBundle
-from device.keyfile import read_secret_key
-from device.outbox import Outbox, roster_high_water
-from device.roster import Roster, RosterError, load_roster
-from device.roster_file import OLD_VERSION, RosterRefused, load_roster_public_key
-from device.template_store import install_signed_roster, load_templates, stored_sessions, wipe
+from device.manage import chunks
+from device.manage.keyfile import read_secret_key
+from device.manage.roster_file import OLD_VERSION, RosterRefused, load_roster_public_key
+from device.manage.template_store import (
+    install_signed_roster,
+    load_templates,
+    stored_sessions,
+    wipe,
+)
+from device.uplink.outbox import Outbox, roster_high_water
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +128,11 @@ class RosterSource:
 
     def push_handler(self, use: Callable[[Roster], None]) -> Callable[[dict[str, Any]], str]:
         """The ``roster`` command: ``{"roster_b64": …}``, or the signed roster in chunks
-        (``{"sha256", "size", "offset", "chunk_b64"}``, see :mod:`device.chunks`) → verify,
+        (``{"sha256", "size", "offset", "chunk_b64"}``, see :mod:`device.manage.chunks`) → verify,
         store encrypted, start using it."""
 
         def handle(body: dict[str, Any]) -> str:
-            from device.commands import CommandError
+            from device.uplink.commands import CommandError
 
             if not self.config.keys.signed_rosters:
                 raise CommandError("roster: this gate has no [keys]; it takes no pushed rosters")

@@ -3,8 +3,9 @@
 Templates are biometric data: the file is written atomically with mode 0600 and never logged.
 This module is the roster itself and its plain JSON form (the technician's working copy, and the
 payload inside the other two forms). What travels to a gate is a signed, encrypted roster
-(``device.roster_file``); what a gate keeps is the encrypted template store
-(``device.template_store``). The format carries a ``version`` so a newer roster can replace an
+(``device.manage.roster_file``); what a gate keeps is the encrypted template store
+(``device.manage.template_store``). The format carries a ``version`` so a newer roster can replace
+an
 older one and never the reverse.
 """
 

@@ -64,9 +64,9 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device import chunks, signed_layout
 from device.infer.bundle import DEFAULT_BUNDLE_DIR, ModelBundle, ModelBundleError, load_bundle
-from device.signed_layout import (
+from device.manage import chunks, signed_layout
+from device.manage.signed_layout import (
     LayoutError,
     SignatureMismatch,
     check_signature,
@@ -251,7 +251,7 @@ def signed_body(header_bytes: bytes, contents: list[bytes]) -> bytes:
 
 def _split(blob: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     """(body, header bytes, file data, signature) by the layout alone; nothing is trusted yet
-    (``device.signed_layout``)."""
+    (``device.manage.signed_layout``)."""
     try:
         return split_signed(blob, MAGIC)
     except LayoutError as exc:
@@ -399,7 +399,8 @@ def models_high_water(data_dir: Path) -> str | None:
     """The newest model bundle version that ran on this gate (an installed update, confirmed),
     or the version of a signed downgrade installed with force; kept in the outbox database so
     deleting ``state.json`` cannot roll the gate back."""
-    from device.outbox import MODELS_HIGH_WATER, OUTBOX_FILE, Outbox
+    from device.config import OUTBOX_FILE
+    from device.uplink.outbox import MODELS_HIGH_WATER, Outbox
 
     path = Path(data_dir) / OUTBOX_FILE
     if not path.exists():  # no outbox yet: nothing ran here (reading must not create it)
@@ -414,7 +415,8 @@ def models_high_water(data_dir: Path) -> str | None:
 def record_models_high_water(data_dir: Path, version: str, lower: bool = False) -> None:
     """Raise the models high-water mark to ``version`` (``lower``: set it even when lower, for
     a signed bundle installed with force, a deliberate downgrade)."""
-    from device.outbox import MODELS_HIGH_WATER, OUTBOX_FILE, Outbox
+    from device.config import OUTBOX_FILE
+    from device.uplink.outbox import MODELS_HIGH_WATER, Outbox
 
     outbox = Outbox(Path(data_dir) / OUTBOX_FILE)
     try:
@@ -617,7 +619,7 @@ def self_check_isolated(directory: Path, *, threads: int = 1, runtime: str = "au
                         timeout_s: float = SELF_CHECK_TIMEOUT_S) -> str:
     """``self_check`` in a child process, so a model that crashes or hangs the TFLite runtime
     fails the check instead of taking the gate service down."""
-    command = [sys.executable, "-m", "device.model_update", "self-check", str(directory),
+    command = [sys.executable, "-m", "device.manage.model_update", "self-check", str(directory),
                "--threads", str(threads), "--runtime", runtime]
     if calibration_far is not None:
         command += ["--calibration-far", repr(calibration_far)]
@@ -788,8 +790,8 @@ def install_model_archive(blob: bytes, *, data_dir: Path, public_key: Ed25519Pub
 def install_for_config(config: DeviceConfig, blob: bytes, force: bool = False) -> InstallResult:
     """``install_model_archive`` with this gate's key, data folder, base bundle, runtime and
     calibration needs taken from its config."""
-    from device.roster import RosterError
-    from device.roster_file import load_roster_public_key
+    from device.decide.roster import RosterError
+    from device.manage.roster_file import load_roster_public_key
 
     if config.keys.roster_public_key is None:
         raise ModelUpdateError("this gate has no [keys] roster_public_key, so it cannot check "
@@ -935,7 +937,8 @@ def _upload_part(data_dir: Path, sha256: str) -> Path:
 
 
 def receive_chunk(data_dir: Path, body: dict[str, Any]) -> tuple[bytes | None, str]:
-    """Store one chunk of a chunked bundle upload (see :mod:`device.chunks`); the parts live in
+    """Store one chunk of a chunked bundle upload (see :mod:`device.manage.chunks`); the parts live
+    in
     ``<data_dir>/models/upload/``."""
     blob, detail = chunks.receive_chunk(models_root(data_dir) / UPLOAD_DIR, body,
                                         MAX_ARCHIVE_BYTES, SPACE_FACTOR, "upload")
@@ -946,7 +949,7 @@ def push_handler(config: DeviceConfig) -> Callable[[dict[str, Any]], str]:
     """The ``models`` command: ``{"bundle_b64": …}`` or a chunk ``{"sha256", "size",
     "offset", "chunk_b64"}``, optionally ``"force": true``; installs once the archive is
     whole. Refusals are CommandErrors whose text starts with the reason."""
-    from device.commands import CommandError
+    from device.uplink.commands import CommandError
 
     data_dir = config.gate.data_dir
 
@@ -1006,13 +1009,13 @@ def push_model_bundle(send: Callable[[dict[str, Any]], dict[str, Any]], blob: by
 
 
 # ---------------------------------------------------------------------------------------------
-# `python -m device.model_update self-check DIR` (the isolated self-check's child process)
+# `python -m device.manage.model_update self-check DIR` (the isolated self-check's child process)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the self-check of one unpacked bundle; prints one JSON line {ok, detail}."""
     parser = argparse.ArgumentParser(
-        prog="python -m device.model_update",
+        prog="python -m device.manage.model_update",
         description="Self-check an unpacked model bundle the way a gate does before switching "
                     "to it: every file against the manifest, every model loads and runs once.")
     sub = parser.add_subparsers(dest="command", required=True)

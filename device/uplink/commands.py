@@ -12,18 +12,18 @@ on ``cmd_ack`` with ``ok`` or a reason that names the bad field.
                    ``{"sha256", "size", "offset", "chunk_b64"}``, each acknowledged with the next
                    offset; ``"force": true`` allows a downgrade or a new embedder): signature,
                    every file's sha256, version, then a self-check; used from the next start of
-                   the service, rolled back if it does not start (``device.model_update``)
+                   the service, rolled back if it does not start (``device.manage.model_update``)
 ``config``         apply a new versioned ``device.toml``: signed by the centre's key
                    (``{"signed_config_b64": …}``), or unsigned (``{"version": N, "config":
-                   TOML}``) when it changes only harmless keys (``device.config_keys``);
+                   TOML}``) when it changes only harmless keys (``device.manage.config_keys``);
                    refused unless newer than the reported version, valid as a whole and with
                    the same local-only keys (identity, data folder, key files); swapped in
                    atomically, then the service's workers restart with it
-                   (``device.config_push``)
+                   (``device.manage.config_push``)
 ``resend``         publish again the kept outbox rows ``from_seq..to_seq`` of ``stream``
                    (``{"stream", "from_seq", "to_seq"}``, at most ``wire.RESEND_MAX_SPAN``):
                    answered "re-sending N of M (seq A..B); K no longer kept"
-                   (``device.uplink.Uplink.resend``)
+                   (``device.uplink.publisher.Uplink.resend``)
 ``ping``           answer, to check the command path end to end
 =================  ==========================================================================
 
@@ -93,7 +93,8 @@ class CommandHandler:
                  install_roster: Callable[[dict[str, Any]], str] | None = None,
                  install_models: Callable[[dict[str, Any]], str] | None = None,
                  apply_config: Callable[[dict[str, Any]], str] | None = None,
-                 resend: Callable[[dict[str, Any]], str] | None = None) -> None:
+                 resend: Callable[[dict[str, Any]], str] | None = None,
+                 wipe_templates: Callable[[str | None], int] | None = None) -> None:
         self.session = session
         self.data_dir = data_dir
         self.grant = grant
@@ -102,6 +103,9 @@ class CommandHandler:
         self.install_models = install_models
         self.apply_config = apply_config
         self.resend = resend
+        #: Wipes one session's templates (or all, given None); from ``manage.template_store``,
+        #: passed in so the command side does not depend on what it manages.
+        self.wipe_templates = wipe_templates
 
     def _cmd_roster(self, body: dict[str, Any]) -> str:
         if self.install_roster is None:
@@ -164,17 +168,18 @@ class CommandHandler:
         self.grant()
         return "unlocked for one pulse"
 
-    def _cmd_session_close(self, body: dict[str, Any]) -> str:
-        from device.template_store import wipe
+    def _wiper(self, name: str) -> Callable[[str | None], int]:
+        if self.wipe_templates is None:
+            raise CommandError(f"{name}: this gate keeps no templates")
+        return self.wipe_templates
 
+    def _cmd_session_close(self, body: dict[str, Any]) -> str:
         session = _text(body, "session", limit=64)
         if not wire.ID_PATTERN.match(session):
             raise CommandError("session: not a valid session id")
-        removed = wipe(self.data_dir, session)
+        removed = self._wiper("session_close")(session)
         return f"session {session} closed; {removed} template file(s) wiped"
 
     def _cmd_wipe(self, body: dict[str, Any]) -> str:
-        from device.template_store import stored_sessions, wipe
-
-        removed = sum(wipe(self.data_dir, s) for s in stored_sessions(self.data_dir))
+        removed = self._wiper("wipe")(None)
         return f"{removed} template file(s) wiped"
