@@ -186,7 +186,7 @@ def _cmd_models_build(args: argparse.Namespace) -> int:
 
 def _cmd_models_sign(args: argparse.Namespace) -> int:
     from device.infer.bundle import DEFAULT_BUNDLE_DIR, calibrated_threshold, load_bundle
-    from device.manage.model_update import SelfCheckFailed, self_check
+    from device.manage.models import SelfCheckFailed, self_check
     from provisioning.model_signing import write_signed_model_bundle
     from provisioning.signing import load_roster_keys
 

@@ -1,6 +1,6 @@
 """Signing a model bundle on the technician's machine, for gates to install (``models sign``).
 
-The archive format and every check a gate makes are in ``device.manage.model_update``. The bundle is
+The archive format and every check a gate makes are in ``device.manage.models``. The bundle is
 signed with the centre's roster-signing key (``provisioning.signing``): every gate of the centre
 already trusts its public half, so no new key has to reach the gates. The signature cannot be
 mistaken for a roster's: the archive starts with its own magic, which the signature covers.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.infer.bundle import DEFAULT_BUNDLE_DIR, ModelBundleError, load_bundle
-from device.manage.model_update import (
+from device.manage.models import (
     BundleFile,
     ModelBundleHeader,
     check_version,
@@ -66,7 +66,7 @@ def bundle_files(bundle_dir: Path) -> dict[str, Path]:
 def sign_model_bundle(bundle_dir: Path, keys: RosterKeys, *, version: str | None = None,
                       created: dt.datetime | None = None) -> bytes:
     """The signed archive of the bundle in ``bundle_dir`` (layout in
-    ``device.manage.model_update``).
+    ``device.manage.models``).
 
     The bundle must match its own manifest (``load_bundle``). ``version`` (default: the
     manifest's ``bundle_version``) is written into the archive's copy of ``manifest.json``, so

@@ -24,7 +24,7 @@ from test_commands import CENTRE, DEVICE, wait_until
 from device.config import parse_device_config
 from device.decide.roster import Roster, RosterEntry
 from device.infer.bundle import DEFAULT_BUNDLE_DIR, ModelBundleError, load_bundle
-from device.manage.model_update import (
+from device.manage.models import (
     CHUNK_BYTES,
     MAGIC,
     MAX_PENDING_STARTS,

@@ -34,7 +34,7 @@ from device.infer.liveness import (
     PassiveLiveness,
 )
 from device.infer.pipeline import FacePipeline
-from device.manage import model_update, template_store
+from device.manage import models, template_store
 from device.manage.roster_source import RosterSource
 from device.processes.health import cpu_temperature_c, peak_rss_mb
 from device.screen.server import Screen
@@ -159,7 +159,7 @@ def load_judge(config: DeviceConfig) -> Judge:
     rolled back), else [models] bundle_dir / the shipped bundle; every sha256 is verified.
     """
     ident = config.gate
-    bundle, confirm_models = model_update.bundle_for_start(config)
+    bundle, confirm_models = models.bundle_for_start(config)
     rosters = RosterSource(config, bundle)
     roster = rosters.load()
     if (roster.session, roster.room) != (ident.session, ident.room):
@@ -212,7 +212,7 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
         return CommandHandler(ident.session, ident.data_dir, door.grant,
                               loop_ref[0].record_alarm,
                               rosters.push_handler(loop_ref[0].use_roster),
-                              model_update.push_handler(config),
+                              models.push_handler(config),
                               resend=uplink.resend,
                               wipe_templates=template_store.wipe_handler(ident.data_dir),
                               ).handle(name, payload)

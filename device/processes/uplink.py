@@ -16,7 +16,7 @@ from device import bus as busmod
 from device.bus import Bus
 from device.config import DeviceConfig
 from device.gate.remote import RemoteDoor
-from device.manage import model_update, template_store
+from device.manage import models, template_store
 from device.manage.config_push import reported_config
 from device.processes.health import cpu_temperature_c, peak_rss_mb
 from device.uplink.alarms import open_outbox, record_alarm
@@ -106,7 +106,7 @@ def run_uplink(config: DeviceConfig, bus: Bus, stop: threading.Event,
 
     local = CommandHandler(ident.session, ident.data_dir, door.grant,
                            lambda kind, detail: record_alarm(outbox, ident, kind, detail),
-                           None, model_update.push_handler(config), apply_config,
+                           None, models.push_handler(config), apply_config,
                            resend=lambda body: uplink.resend(body),
                            wipe_templates=template_store.wipe_handler(ident.data_dir))
 

@@ -12,7 +12,7 @@ on ``cmd_ack`` with ``ok`` or a reason that names the bad field.
                    ``{"sha256", "size", "offset", "chunk_b64"}``, each acknowledged with the next
                    offset; ``"force": true`` allows a downgrade or a new embedder): signature,
                    every file's sha256, version, then a self-check; used from the next start of
-                   the service, rolled back if it does not start (``device.manage.model_update``)
+                   the service, rolled back if it does not start (``device.manage.models``)
 ``config``         apply a new versioned ``device.toml``: signed by the centre's key
                    (``{"signed_config_b64": …}``), or unsigned (``{"version": N, "config":
                    TOML}``) when it changes only harmless keys (``device.manage.config_keys``);
