@@ -475,7 +475,7 @@ def enroll_cached(pipeline: Any, embedder_sha256: str, people: dict[str, list[Pa
 # ---- the simulated gates: camera feed, process, log --------------------------------------------
 
 DECISION_LINE = re.compile(
-    r"device\.checkin: seq=(?P<seq>\d+) (?P<outcome>accepted|refused|no_face)"
+    r"device\.decide\.checkin: seq=(?P<seq>\d+) (?P<outcome>accepted|refused|no_face)"
     r"(?: applicant=(?P<applicant>\S+))?(?: card=(?P<card>\S+))?(?: reason=(?P<reason>\S+))?")
 
 
