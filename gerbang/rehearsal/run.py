@@ -1587,8 +1587,9 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
 
     # --- the centre: broker, gateway, gates
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The folder holding this gerbang package first: every process runs the same code.
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     tls: CentreTLS | None = None
     broker: MosquittoBroker
     if plain:
