@@ -75,10 +75,17 @@ import numpy as np
 
 from device.processes import workers_of
 from gerbang.broker import MosquittoBroker, free_port
-from gerbang.demo import Visit as ScoredVisit
-from gerbang.demo import _prepare_gateway, _score, _wait_http, _write_device_config
 from gerbang.files import write_atomic
 from gerbang.progress import progress
+from gerbang.simulation import Visit as ScoredVisit
+from gerbang.simulation import (
+    default_faces_dir,
+    prepare_gateway,
+    score,
+    wait_http,
+    write_device_config,
+    write_toml,
+)
 from gerbang.stopping import stop_processes
 
 log = logging.getLogger("rehearsal")
@@ -833,7 +840,7 @@ class GatewayRunner:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config)],
                 stdout=out, stderr=out, env=env)
-        _wait_http(f"{self.base_url}/healthz", timeout)
+        wait_http(f"{self.base_url}/healthz", timeout)
 
     def kill(self) -> int | None:
         """``kill -9``; returns the pid."""
@@ -1446,17 +1453,10 @@ def _write_gateway_config(path: Path, db: str, http_port: int, broker_port: int,
                           broker: dict[str, Any] | None = None) -> None:
     """The gateway's TOML: its database, HTTP port and broker; ``broker`` adds keys to
     ``[broker]`` (the TLS files: ``CentreTLS.broker_section``)."""
-    from gerbang.demo import _toml_value
-
-    sections = {"gateway": {"db": db, "http_host": "127.0.0.1", "http_port": http_port,
-                            "centre": CENTRE, "client_id": "gerbang-gateway",
-                            "retention_days": 0},
-                "broker": {"host": "127.0.0.1", "port": broker_port, "protocol": 5,
-                           **(broker or {})}}
-    lines = ["# written by gerbang-demo --scenario exam-day"]
-    for name, values in sections.items():
-        lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
-    path.write_text("\n".join(lines) + "\n")
+    write_toml(path, "written by gerbang-demo --scenario exam-day", {
+        "gateway": {"db": db, "http_host": "127.0.0.1", "http_port": http_port,
+                    "centre": CENTRE, "client_id": "gerbang-gateway", "retention_days": 0},
+        "broker": {"host": "127.0.0.1", "port": broker_port, "protocol": 5, **(broker or {})}})
 
 
 def _create_pg_database(admin_url: str) -> str:
@@ -1518,7 +1518,6 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     from device.infer.pipeline import FacePipeline
     from gateway.auth import add_user
     from gateway.store import open_store
-    from gerbang.demo import default_faces_dir
     from provisioning.enroll import face_folders
 
     began = time.monotonic()
@@ -1613,7 +1612,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
         Path(db).parent.mkdir(parents=True, exist_ok=True)
     wib = timezone(timedelta(hours=7))
     provisional = datetime.now(wib).replace(microsecond=0) + timedelta(hours=1)
-    _, manager_password = _prepare_gateway(
+    _, manager_password = prepare_gateway(
         db, {room: sorted(aid for aid, a in applicants.items() if a.room == room)
              for room in plan.rooms}, session=SESSION, centre=CENTRE,
         name="Exam-day rehearsal", doors_open=provisional,
@@ -1637,7 +1636,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
             (rig.dir / "roster.json").write_bytes((rosters_dir / f"{room}.json").read_bytes())
             (rig.dir / "roster.json").chmod(0o600)
             port = link.port if (link and device_id == cut_gate) else broker.port
-            _write_device_config(rig.config, room, rig.dir, port, 5, camera_fps,
+            write_device_config(rig.config, room, rig.dir, port, 5, camera_fps,
                                  device_id=device_id, centre=CENTRE, session=SESSION,
                                  capture={"path": rig.camera / FEED, "loop": True,
                                           "realtime": True},
@@ -1908,7 +1907,7 @@ def analyse(plan: Plan, faults: list[Fault], samples: list[dict[str, Any]],
             scored_truth[f"{room}/{attempt.frame_ref}"] = ScoredVisit(
                 room, attempt.photo, face_id if face_id in plan.applicants else attempt.face_of,
                 own, attempt.card)
-    decisions = {k: v for k, v in _score(scored_truth, events).items()
+    decisions = {k: v for k, v in score(scored_truth, events).items()
                  if k not in ("proxy_attempts", "proxies_refused")}
     decisions["no_event"] = sum(1 for key in scored_truth
                                 if not stored_by_ref.get(key.split("/", 1)[1]))
