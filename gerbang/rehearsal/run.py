@@ -21,12 +21,6 @@ screen, and acts on it: retries, goes to the right room, or asks the proctor, wh
 through the gateway's API after three refusals. Measurements never rely on those log lines:
 attendance comes from the gateway, delivery from the outboxes and the store.
 
-Time is compressed: the doors-open window of :data:`REAL_WINDOW_S` runs in ``--window-s``, and
-so do the network cut (5 minutes) and a Pi's boot. The gates' MQTT keep-alive is shortened to
-:data:`GATE_KEEPALIVE_S` for the same reason. Liveness is off (the gates replay stills), so a
-photo attack here shows the applicant's own enrollment photo and is reported as what it is;
-liveness is measured by ``gerbang-device pad-eval`` (docs/liveness.md).
-
 Transport. By default the centre is provisioned as a technician does, with the project's own
 provisioning code (:func:`provision_centre`): a throwaway centre CA, the broker's server
 certificate, the gateway's client certificate, one client certificate per gate (its key made in
@@ -47,7 +41,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import select
 import shutil
@@ -64,8 +57,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -77,6 +69,30 @@ from device.processes import workers_of
 from gerbang.broker import MosquittoBroker, free_port
 from gerbang.files import write_atomic
 from gerbang.progress import progress
+from gerbang.rehearsal.enrollment import enroll_cached
+from gerbang.rehearsal.frames import cut_column, hallway_image, render_attempt
+from gerbang.rehearsal.scenario import (
+    CENTRE,
+    DECISION_WAIT_S,
+    DEFAULT_CAMERA_FPS,
+    DEFAULT_WINDOW_S,
+    GATE_KEEPALIVE_S,
+    LATE_FRACTION,
+    MAX_GENUINE_TRIES,
+    POOR_CAPTURES,
+    REAL_BOOT_S,
+    REAL_CUT_S,
+    REAL_WINDOW_S,
+    RESTART_SEC,
+    SESSION,
+    Applicant,
+    Attempt,
+    DoorVisit,
+    Plan,
+    applicant_id_for,
+    choose_people,
+    make_plan,
+)
 from gerbang.simulation import Visit as ScoredVisit
 from gerbang.simulation import (
     default_faces_dir,
@@ -89,398 +105,9 @@ from gerbang.simulation import (
 from gerbang.stopping import stop_processes
 
 log = logging.getLogger("rehearsal")
-
-CENTRE = "rehearsal"
-SESSION = "EXAM-DAY-1"
-#: The doors-open window a real morning has (the issue's 30 minutes); ``--window-s`` compresses it.
-REAL_WINDOW_S = 30 * 60.0
-#: The network cut the issue asks for, in real time; scaled with the window.
-REAL_CUT_S = 5 * 60.0
-#: A Raspberry Pi's power-on to gate-service start, in real time; scaled with the window.
-REAL_BOOT_S = 40.0
-#: ``RestartSec`` of systemd/gerbang-device.service and a gateway's unit: not scaled (a process
-#: start on this machine is not faster for a compressed morning).
-RESTART_SEC = 2.0
-#: The gates' MQTT keep-alive in the rehearsal (30 s at a centre): short enough that a scaled
-#: network cut is long enough for both ends to notice it, as a 5-minute cut is at a centre.
-GATE_KEEPALIVE_S = 10
-#: Doors close this fraction of the window after the exam starts (late arrivals come then).
-LATE_FRACTION = 1 / 3
-#: How long an applicant waits at the gate for a decision after their frame was taken.
-DECISION_WAIT_S = 6.0
-#: Refusals of a genuine applicant before the proctor checks the KTP and admits them by hand.
-MAX_GENUINE_TRIES = 3
-#: The morning's mix, as fractions of the applicants (each at least one when there are enough).
-MIX = {"absent": 0.03, "proxy": 0.03, "late": 0.05, "wrong_room": 0.04, "poor_capture": 0.06,
-       "photo_attack": 0.02, "stranger": 0.03}
-#: Default doors-open window in seconds: the 30 minutes compressed 6×. Measured on the 2-core
-#: machine, the default run then takes 7-9 minutes in all (docs/rehearsal.md).
-DEFAULT_WINDOW_S = 300.0
-#: Frames per second of each simulated camera (an empty hallway costs the gate one detection).
-DEFAULT_CAMERA_FPS = 1.0
 FEED = "feed.txt"
 HALLWAY = "hallway.png"
-#: How the camera fails to see someone well, in turn, and the refusal each should cause.
-POOR_CAPTURES = ("dark", "blurred", "cut")
 GATE_WENT_DOWN = "the gate went down before deciding"
-QUALITY_REASONS = {"too_dark", "blurred", "face_cut_off", "face_too_small", "off_frontal",
-                   "overexposed", "multiple_faces"}
-
-
-# ---- the people and the plan ------------------------------------------------------------------
-
-
-@dataclass
-class Applicant:
-    """One registered applicant: who they are (a face folder) and where they sit."""
-
-    applicant_id: str
-    person: str
-    photos: list[Path]
-    room: str = ""
-
-    @property
-    def enrollment_photos(self) -> list[Path]:
-        """The three registration photos the roster is enrolled from."""
-        return self.photos[:3]
-
-    @property
-    def probe_photos(self) -> list[Path]:
-        """Photos never enrolled: what the gate camera 'sees' of them on the day."""
-        return self.photos[3:]
-
-
-@dataclass
-class Attempt:
-    """One frame shown to a gate, and what the gate did with it."""
-
-    face_of: str  # the person (face folder) in front of the camera
-    photo: Path
-    #: good | dark | blurred | cut | recapture | enrollment_photo
-    capture: str = "good"
-    card: str | None = None  # applicant id on the card held up (None: no card, 1:N)
-    cut_x: int = 0  # for ``cut``: the column where the frame's edge runs through the face
-    # What happened (filled in at the door):
-    frame_ref: str | None = None
-    shown_at: float | None = None  # seconds after doors open, when the camera took it
-    outcome: str | None = None  # accepted | refused | None (no decision seen)
-    reason: str | None = None
-    applicant_id: str | None = None
-    seq: int | None = None
-    note: str = ""
-
-
-@dataclass
-class DoorVisit:
-    """Someone arriving at one gate at one time, with the frames they may show."""
-
-    kind: str  # on_time | late | wrong_room | proxy | stranger | photo_attack
-    gate: str  # device id
-    at_s: float  # seconds after doors open
-    person: str
-    #: Whose record this visit is about: their own id, the proxy's victim, the attack's target.
-    applicant_id: str | None
-    attempts: list[Attempt]
-    #: Whether this person is genuinely entitled at this gate (retries, then the proctor).
-    genuine: bool = False
-    poor_capture: str | None = None
-    after: threading.Event | None = None  # wait for this (the wrong-room attempt) first
-    done: threading.Event = field(default_factory=threading.Event)
-    shown: list[Attempt] = field(default_factory=list)
-    admitted_at: float | None = None  # seconds after doors open
-    admitted_by: str | None = None  # "gate" | "proctor"
-    started_at: float | None = None
-    finished_at: float | None = None
-
-
-@dataclass
-class Plan:
-    """The centre, the rosters and the morning."""
-
-    rooms: list[str]
-    gates: dict[str, list[str]]  # room → device ids
-    applicants: dict[str, Applicant]  # enrolled, on a roster
-    visits: list[DoorVisit]
-    no_shows: list[str]
-    victims: dict[str, str]  # applicant id → the proxy's person
-    outsiders: list[str]  # people on no roster (proxies and strangers)
-
-
-def applicant_id_for(person: str) -> str:
-    """A wire-safe applicant id for a face folder name (``7201`` → ``P-7201``)."""
-    return "P-" + re.sub(r"[^A-Za-z0-9_.-]", "_", person)[:60]
-
-
-def room_names(count: int) -> list[str]:
-    """``R01`` … ``Rnn``."""
-    return [f"R{n:02d}" for n in range(1, count + 1)]
-
-
-def gate_ids(room: str, per_room: int) -> list[str]:
-    """Device ids of a room's gates: ``rehearsal-r01-a``, ``…-b``."""
-    return [f"{CENTRE}-{room.lower()}-{chr(ord('a') + n)}" for n in range(per_room)]
-
-
-def _count(fraction: float, total: int) -> int:
-    """How many of ``total`` applicants play a part of the mix (none in a tiny centre)."""
-    return max(1, round(fraction * total)) if total >= 6 else 0
-
-
-def choose_people(people: dict[str, list[Path]], applicants: int | None, seed: int,
-                  ) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Split the faces into applicants (≥ 4 photos: 3 to enroll, the rest for the gate) and
-    outsiders (the people on no roster: proxies and strangers).
-
-    People with 2-3 photos are outsiders; when there are too few of them for the mix, some
-    would-be applicants are held back as outsiders too (logged).
-    """
-    rng = random.Random(seed)
-    eligible = sorted(p for p, photos in people.items() if len(photos) >= 4)
-    others = sorted(p for p, photos in people.items() if 2 <= len(photos) < 4)
-    wanted = min(applicants or len(eligible), len(eligible))
-    need_outsiders = _count(MIX["proxy"], wanted) + _count(MIX["stranger"], wanted)
-    short = max(0, need_outsiders - (len(others) + len(eligible) - wanted))
-    if short:
-        wanted -= short
-        log.info("%d fewer applicants than asked: they play proxies and people on no roster",
-                 short)
-    chosen = sorted(rng.sample(eligible, wanted))
-    spare = [p for p in eligible if p not in set(chosen)]
-    if len(others) < need_outsiders:
-        moved = rng.sample(spare, min(len(spare), need_outsiders - len(others)))
-        log.info("only %d people with 2-3 photos to play outsiders; %d more with 4+ photos "
-                 "play them instead", len(others), len(moved))
-        others += moved
-    return ({p: people[p] for p in chosen}, {p: people[p] for p in others})
-
-
-def make_plan(applicants: dict[str, Applicant], outsiders: dict[str, list[Path]], rooms: int,
-              gates_per_room: int, window_s: float, seed: int,
-              cut_at: Callable[[Path], int | None] = lambda photo: None) -> Plan:
-    """Seat the enrolled applicants in rooms, decide who does what, and when.
-
-    ``cut_at(photo)`` says where a frame edge would cut the face in a photo (for the ``cut``
-    poor captures); when it cannot, that applicant gets a dark capture instead.
-    """
-    rng = random.Random(seed + 1)
-    names = room_names(rooms)
-    gates = {room: gate_ids(room, gates_per_room) for room in names}
-    ids = sorted(applicants)
-    rng.shuffle(ids)
-    for n, aid in enumerate(ids):
-        applicants[aid].room = names[n % rooms]
-    total = len(ids)
-    late_s = window_s * LATE_FRACTION
-    pool = list(ids)
-
-    def take(kind: str) -> list[str]:
-        n = min(_count(MIX[kind], total), len(pool))
-        picked, pool[:] = pool[:n], pool[n:]
-        return picked
-
-    no_shows = take("absent")
-    victims_ids = take("proxy")
-    late = take("late")
-    wrong = take("wrong_room") if rooms > 1 else []
-    poor = take("poor_capture")
-    on_time = pool  # the rest, including poor captures and wrong-room people below
-    outsider_names = sorted(outsiders)
-    rng.shuffle(outsider_names)
-    victims = dict(zip(victims_ids, outsider_names, strict=False))
-    strangers = outsider_names[len(victims):][: _count(MIX["stranger"], total)]
-    visits: list[DoorVisit] = []
-    gate_turn: dict[str, int] = Counter()
-
-    def gate_of(room: str) -> str:
-        choice = gates[room][gate_turn[room] % len(gates[room])]
-        gate_turn[room] += 1
-        return choice
-
-    def genuine_attempts(applicant: Applicant) -> list[Attempt]:
-        probes = applicant.probe_photos
-        return [Attempt(applicant.person, probes[n % len(probes)],
-                        "good" if n < len(probes) else "recapture", applicant.applicant_id)
-                for n in range(MAX_GENUINE_TRIES)]
-
-    arrivals = {aid: rng.triangular(0.03 * window_s, 0.8 * window_s, 0.35 * window_s)
-                for aid in on_time + wrong + poor}
-    for aid in late:
-        arrivals[aid] = window_s + rng.uniform(0.1, 0.6) * late_s
-    poor_turn = 0
-    for aid in sorted(on_time + late + wrong + poor):
-        applicant = applicants[aid]
-        attempts = genuine_attempts(applicant)
-        visit = DoorVisit("late" if aid in late else "on_time", gate_of(applicant.room),
-                          arrivals[aid], applicant.person, aid, attempts, genuine=True)
-        if aid in poor:
-            kind = POOR_CAPTURES[poor_turn % len(POOR_CAPTURES)]
-            poor_turn += 1
-            cut_x = cut_at(applicant.probe_photos[0]) if kind == "cut" else None
-            if kind == "cut" and not cut_x:
-                kind = "dark"
-            visit.poor_capture = kind
-            visit.attempts.insert(0, Attempt(applicant.person, applicant.probe_photos[0], kind,
-                                             aid, cut_x=cut_x or 0))
-        if aid in wrong:
-            other = rng.choice([r for r in names if r != applicant.room])
-            wrong_visit = DoorVisit("wrong_room", gate_of(other), arrivals[aid],
-                                    applicant.person, aid,
-                                    [Attempt(applicant.person, applicant.probe_photos[0],
-                                             "good", aid)])
-            visits.append(wrong_visit)
-            visit.after = wrong_visit.done
-            visit.at_s = arrivals[aid] + max(3.0, 0.03 * window_s)  # the walk to the right room
-        visits.append(visit)
-    for aid, joki in victims.items():
-        photos = outsiders[joki]
-        room = applicants[aid].room
-        visits.append(DoorVisit("proxy", gate_of(room), rng.uniform(0.05, 0.75) * window_s, joki,
-                                aid, [Attempt(joki, photos[n % len(photos)], "good", aid)
-                                      for n in range(2)]))
-    for n, stranger in enumerate(strangers):
-        photos = outsiders[stranger]
-        card = None if n % 2 else applicant_id_for(f"X{stranger}")  # another session's card
-        room = rng.choice(names)
-        visits.append(DoorVisit("stranger", gate_of(room), rng.uniform(0.05, 0.75) * window_s,
-                                stranger, None,
-                                [Attempt(stranger, photos[k % len(photos)], "good", card)
-                                 for k in range(2)]))
-    targets = [v for v in visits if v.kind == "on_time" and v.poor_capture is None
-               and v.after is None and v.at_s < 0.6 * window_s]
-    rng.shuffle(targets)
-    for target in targets[: _count(MIX["photo_attack"], total)]:
-        applicant = applicants[target.applicant_id or ""]
-        visits.append(DoorVisit(
-            "photo_attack", target.gate, min(target.at_s + 0.08 * window_s, 0.8 * window_s),
-            f"photo of {applicant.person}", applicant.applicant_id,
-            [Attempt(applicant.person, applicant.enrollment_photos[0], "enrollment_photo",
-                     applicant.applicant_id)]))
-    visits.sort(key=lambda v: v.at_s)
-    return Plan(names, gates, applicants, visits, no_shows, victims,
-                sorted(set(victims.values()) | set(strangers)))
-
-
-# ---- frames -----------------------------------------------------------------------------------
-
-
-def hallway_image(seed: int = 0) -> np.ndarray:
-    """An empty corridor for the idle camera: a soft gradient with sensor noise, no face."""
-    rng = np.random.default_rng(seed)
-    rows = np.linspace(70, 140, 240, dtype=np.float32)[:, None]
-    grey = np.repeat(rows, 320, axis=1) + rng.normal(0, 4, (240, 320))
-    return cv2.cvtColor(np.clip(grey, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-
-
-def captured_as(image: np.ndarray, capture: str, cut_x: int = 0, seed: int = 0) -> np.ndarray:
-    """The photo as the gate camera captured it: too dark, blurred (moving), cut off at the
-    frame edge, or re-captured (a second look: slightly moved, scaled and re-lit)."""
-    if capture == "dark":
-        return np.clip(image.astype(np.float32) * 0.25, 0, 255).astype(np.uint8)
-    if capture == "blurred":
-        return cv2.GaussianBlur(image, (0, 0), 4.0)
-    if capture == "cut" and cut_x > 0:
-        return np.ascontiguousarray(image[:, cut_x:])
-    if capture == "recapture":
-        rng = np.random.default_rng(seed)
-        h, w = image.shape[:2]
-        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-4, 4),
-                                         rng.uniform(0.95, 1.05))
-        matrix[:, 2] += rng.uniform(-0.03, 0.03, 2) * (w, h)
-        moved = cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
-        return np.clip(moved.astype(np.float32) * rng.uniform(0.85, 1.15), 0,
-                       255).astype(np.uint8)
-    return image
-
-
-def render_attempt(attempt: Attempt, rooms_of: dict[str, str], seed: int) -> np.ndarray:
-    """The camera frame for an attempt: the face as captured, with the card held beside it."""
-    from device.capture.replay import read_image
-    from device.decide.card import present_with_card, render_card
-
-    image = read_image(attempt.photo)
-    if image is None:
-        raise ValueError(f"cannot read {attempt.photo}")
-    frame = captured_as(image, attempt.capture, attempt.cut_x, seed)
-    if attempt.card is None:
-        return frame
-    card = render_card(attempt.card, session=SESSION, room=rooms_of.get(attempt.card, "-"))
-    return present_with_card(frame, card)
-
-
-def cut_column(pipeline: Any, photo: Path) -> int | None:
-    """Where a frame edge must run to cut a face off (30 % into the face box), or None when the
-    photo shows no face to cut."""
-    from device.capture.replay import read_image
-
-    image = read_image(photo)
-    if image is None:
-        return None
-    reading = pipeline.read(image)
-    if reading.subject is None:
-        return None
-    x0, _, width, _ = reading.subject.box
-    return max(1, int(x0 + 0.3 * width))
-
-
-# ---- enrollment, cached -----------------------------------------------------------------------
-
-
-def _stamp(photos: list[Path]) -> list[list[Any]]:
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in photos]
-
-
-def enroll_cached(pipeline: Any, embedder_sha256: str, people: dict[str, list[Path]],
-                  cache_dir: Path, show_progress: bool = True,
-                  ) -> tuple[dict[str, np.ndarray], dict[str, list[tuple[str, str]]]]:
-    """Templates from each person's three enrollment photos, reusing earlier runs' work.
-
-    The cache (``cache_dir/templates.json``, mode 0600: templates are biometric data) is keyed
-    by the embedder's sha256 and each photo's path, size and mtime, so a changed photo or model
-    is enrolled again. Returns person → template and person → (photo, reason) for rejected
-    photos; people with no usable photo have no template.
-    """
-    from provisioning.enroll import template_from_photos
-
-    path = cache_dir / "templates.json"
-    cache: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("embedder_sha256") == embedder_sha256:
-                cache = data.get("people", {})
-        except (OSError, ValueError):
-            log.warning("enrollment cache %s unreadable; enrolling again", path)
-    templates: dict[str, np.ndarray] = {}
-    problems: dict[str, list[tuple[str, str]]] = {}
-    todo = []
-    for person, photos in people.items():
-        entry = cache.get(person)
-        if entry and entry.get("stamp") == _stamp(photos[:3]):
-            if entry.get("template"):
-                templates[person] = np.asarray(entry["template"], dtype=np.float32)
-            problems[person] = [tuple(p) for p in entry.get("problems", [])]
-        else:
-            todo.append(person)
-    log.info("enrollment: %d applicants cached, %d to enroll from 3 photos each",
-             len(people) - len(todo), len(todo))
-    items = progress(todo, label="enrolling") if show_progress and todo else todo
-    for person in items:
-        photos = people[person][:3]
-        template, rejected = template_from_photos(pipeline, photos)
-        problems[person] = rejected
-        cache[person] = {"stamp": _stamp(photos), "problems": rejected,
-                         "template": None if template is None else
-                         [round(float(x), 7) for x in template]}
-        if template is not None:
-            templates[person] = template
-    if todo:
-        write_atomic(path, json.dumps({"embedder_sha256": embedder_sha256,
-                                       "people": cache}).encode(), mode=0o600)
-    return templates, problems
-
-
-# ---- the simulated gates: camera feed, process, log --------------------------------------------
-
 DECISION_LINE = re.compile(
     r"device\.decide\.checkin: seq=(?P<seq>\d+) (?P<outcome>accepted|refused|no_face)"
     r"(?: applicant=(?P<applicant>\S+))?(?: card=(?P<card>\S+))?(?: reason=(?P<reason>\S+))?")
@@ -855,7 +482,7 @@ class GatewayRunner:
         stop_processes([self.process], timeout=20)
 
 
-def _api(base_url: str, method: str, path: str, token: str | None = None,
+def api(base_url: str, method: str, path: str, token: str | None = None,
          body: Any = None, timeout: float = 15.0) -> Any:
     """One JSON API call to the gateway; raises urllib errors (HTTPError carries the status)."""
     data = None if body is None else json.dumps(body).encode()
@@ -867,15 +494,12 @@ def _api(base_url: str, method: str, path: str, token: str | None = None,
         return json.load(response)
 
 
-def _login(base_url: str, username: str, password: str) -> str:
+def login(base_url: str, username: str, password: str) -> str:
     # Argon2id on purpose costs CPU and memory; with 40 gates starting on two cores (and other
     # work on a shared machine) a login can take far longer than an ordinary call.
-    return _api(base_url, "POST", "/api/login", body={"username": username,
+    return api(base_url, "POST", "/api/login", body={"username": username,
                                                      "password": password},
                 timeout=90.0)["token"]
-
-
-# ---- the morning: doors, proctors, faults, measurements ----------------------------------------
 
 
 @dataclass
@@ -985,7 +609,7 @@ def proctor_admit(morning: Morning, visit: DoorVisit, refusals: int) -> float | 
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not morning.stop.is_set():
         try:
-            _api(morning.base_url, "POST", path, morning.proctor_token,
+            api(morning.base_url, "POST", path, morning.proctor_token,
                  {"action": "manual_admit", "reason": reason})
             return morning.rel()
         except urllib.error.HTTPError as exc:
@@ -1110,7 +734,7 @@ def run_faults(morning: Morning, faults: list[Fault], broker: MosquittoBroker,
         log.warning("fault %s: %s", fault.kind, fault.detail)
 
 
-def _wait_for(predicate: Any, timeout: float, stop: threading.Event) -> bool:
+def wait_for(predicate: Any, timeout: float, stop: threading.Event) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         if predicate():
@@ -1190,7 +814,7 @@ def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: Ga
         morning.stop.wait(fault.duration_s)
         link.restore()
         fault.ended_s = morning.rel()
-        drained = _wait_for(lambda: (rig.read_outbox() or {}).get("depth", 1) == 0, 180,
+        drained = wait_for(lambda: (rig.read_outbox() or {}).get("depth", 1) == 0, 180,
                             morning.stop)
         if drained:
             fault.recovered_s = morning.rel()
@@ -1205,7 +829,7 @@ def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: Ga
                            "up to 30 s)" if drained else "NOT delivered within 180 s"))
 
 
-def _children_of(pid: int) -> list[int]:
+def children_of(pid: int) -> list[int]:
     """The live child processes of ``pid`` (from /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -1281,8 +905,6 @@ def sample_loop(morning: Morning, processes: Any, samples: list[dict[str, Any]],
                      morning.refusals_seen, morning.at_doors, sum(outbox.values()),
                      sample["load"], sample["rss_total_mb"] / 1024, sample["cpu_total"])
 
-
-# ---- the centre's PKI: mutual TLS, provisioned as a technician does ---------------------------
 
 #: The broker's name in its server certificate. Every client reaches the broker at 127.0.0.1 (the
 #: cut gate through its relay's port) and checks this name (``[broker] tls_server_name``), as a
@@ -1446,10 +1068,7 @@ def transport_summary(tls: CentreTLS | None, broker: MosquittoBroker) -> dict[st
             "provision_s": round(tls.provision_s, 2)}
 
 
-# ---- running it -------------------------------------------------------------------------------
-
-
-def _write_gateway_config(path: Path, db: str, http_port: int, broker_port: int,
+def write_gateway_config(path: Path, db: str, http_port: int, broker_port: int,
                           broker: dict[str, Any] | None = None) -> None:
     """The gateway's TOML: its database, HTTP port and broker; ``broker`` adds keys to
     ``[broker]`` (the TLS files: ``CentreTLS.broker_section``)."""
@@ -1459,7 +1078,7 @@ def _write_gateway_config(path: Path, db: str, http_port: int, broker_port: int,
         "broker": {"host": "127.0.0.1", "port": broker_port, "protocol": 5, **(broker or {})}})
 
 
-def _create_pg_database(admin_url: str) -> str:
+def create_pg_database(admin_url: str) -> str:
     """A fresh PostgreSQL database for this rehearsal; returns its URL."""
     import secrets
 
@@ -1471,7 +1090,7 @@ def _create_pg_database(admin_url: str) -> str:
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _drop_pg_database(admin_url: str, url: str) -> None:
+def drop_pg_database(admin_url: str, url: str) -> None:
     import psycopg
 
     name = url.rsplit("/", 1)[1]
@@ -1606,7 +1225,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     pg_admin = None
     if args.backend == "postgresql":
         pg_admin = args.postgres
-        db = _create_pg_database(pg_admin)
+        db = create_pg_database(pg_admin)
     else:
         db = str(run_dir / "gateway" / "gateway.sqlite")
         Path(db).parent.mkdir(parents=True, exist_ok=True)
@@ -1625,7 +1244,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     base_url = f"http://127.0.0.1:{http_port}"
     gateway_config = run_dir / "gateway" / "gateway.toml"
     gateway_config.parent.mkdir(exist_ok=True)
-    _write_gateway_config(gateway_config, db, http_port, broker.port,
+    write_gateway_config(gateway_config, db, http_port, broker.port,
                           tls.broker_section("gateway") if tls else None)
     gateway = GatewayRunner(gateway_config, logs_dir / "gateway.log", base_url)
     rigs: dict[str, GateRig] = {}
@@ -1666,8 +1285,8 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
             if not rig.up.wait(max(60.0, 4.0 * len(rigs))):
                 tail = rig.log_path.read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"gate {rig.device_id} did not start; its log ends:\n{tail}")
-        manager_token = _login(base_url, "manager", manager_password)
-        proctor_token = _login(base_url, "proctor1", proctor_password)
+        manager_token = login(base_url, "manager", manager_password)
+        proctor_token = login(base_url, "proctor1", proctor_password)
         timings["setup_s"] = time.monotonic() - began
         log.info("centre up in %.0f s: %d gates, gateway at %s (manager / %s), broker on port "
                  "%d%s", timings["setup_s"], len(rigs), base_url, manager_password, broker.port,
@@ -1678,7 +1297,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
                           args.seed)
         wall0 = datetime.now(wib)
         morning.t0 = time.monotonic()
-        _api(base_url, "PUT", f"/api/sessions/{SESSION}", manager_token, {
+        api(base_url, "PUT", f"/api/sessions/{SESSION}", manager_token, {
             "centre": CENTRE, "name": "Exam-day rehearsal",
             "doors_open": wall0.isoformat(timespec="milliseconds"),
             "starts_at": (wall0 + timedelta(seconds=window_s)).isoformat(timespec="milliseconds"),
@@ -1696,7 +1315,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
             if gateway.process is not None and gateway.process.poll() is None:
                 # the ingest process and its children (the web process, ingest workers)
                 found += [("gateway", pid) for pid in (gateway.process.pid,
-                                                       *_children_of(gateway.process.pid))]
+                                                       *children_of(gateway.process.pid))]
             if broker.process is not None and broker.process.poll() is None:
                 found.append(("mosquitto", broker.process.pid))
             found.append(("rehearsal", os.getpid()))
@@ -1735,11 +1354,11 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
             return all(r["depth"] == 0 and r["lost"] == 0
                        for r in delivery_check(rigs, events, alarms))
 
-        if not _wait_for(settled, 180, threading.Event()):
+        if not wait_for(settled, 180, threading.Event()):
             log.error("not every check-in reached the gateway within 180 s of doors closing")
         timings["settle_s"] = time.monotonic() - settle_started
         timings["morning_s"] = morning.rel()
-        attendance = _api(base_url, "GET", f"/api/sessions/{SESSION}/attendance", manager_token,
+        attendance = api(base_url, "GET", f"/api/sessions/{SESSION}/attendance", manager_token,
                           timeout=90.0)
         for rig in rigs.values():
             rig.decisions()  # the last log lines, for the logged-vs-stored count
@@ -1765,7 +1384,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
         watch.close()
         if pg_admin:
             try:
-                _drop_pg_database(pg_admin, db)
+                drop_pg_database(pg_admin, db)
             except Exception:
                 log.exception("could not drop the rehearsal database %s", db)
         logging.getLogger().removeHandler(handler)
@@ -1786,9 +1405,6 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     result["workdir"] = str(workdir)
     write_atomic(workdir / "summary.json", json.dumps(result, indent=2, default=str).encode())
     return result
-
-
-# ---- what happened ----------------------------------------------------------------------------
 
 
 def _percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -2003,8 +1619,6 @@ def summarise_resources(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "load": {"min": round(min(loads), 2), "mean": round(float(np.mean(loads)), 2),
                      "max": round(max(loads), 2)} if loads else {}}
 
-
-# ---- the report -------------------------------------------------------------------------------
 
 GREEN, RED, BLUE, GREY, ORANGE, BLACK = ((60, 160, 60), (60, 60, 210), (200, 110, 30),
                                          (150, 150, 150), (120, 200, 250), (30, 30, 30))
