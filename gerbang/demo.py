@@ -30,6 +30,8 @@ import cv2
 
 from gerbang.broker import free_port, start_local_broker
 from gerbang.logs import setup_logging
+from gerbang.rehearsal.cli import add_options as add_exam_day_options
+from gerbang.rehearsal.cli import run as run_exam_day
 from gerbang.simulation import (
     Visit,
     default_faces_dir,
@@ -267,29 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="demo: two gates, live dashboard (default); exam-day: rehearse a "
                              "whole centre's morning under faults and write a report "
                              "(docs/rehearsal.md)")
-    day = parser.add_argument_group(
-        "exam-day rehearsal (--scenario exam-day; also takes --faces, --json, --workdir)")
-    day.add_argument("--rooms", type=int, default=20, help="exam rooms (default 20)")
-    day.add_argument("--gates-per-room", type=int, default=2,
-                     help="gates (device processes) per room (default 2)")
-    day.add_argument("--applicants", type=int, default=None,
-                     help="applicants (default: everyone in the faces folder with 4+ photos)")
-    day.add_argument("--window-s", type=float, default=None,
-                     help="the 30-minute doors-open window compressed into this many seconds "
-                          "(default 300)")
-    day.add_argument("--no-faults", action="store_true", help="rehearse without faults")
-    day.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
-                     help="the gateway's database (default sqlite)")
-    day.add_argument("--postgres", default=os.environ.get(
-        "GERBANG_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="with --backend postgresql: a server URL where a fresh database may be created "
-             "(and dropped at the end); default $GERBANG_POSTGRES or postgres@127.0.0.1")
-    day.add_argument("--camera-fps", type=float, default=None,
-                     help="frame rate of each simulated camera (default 1)")
-    day.add_argument("--seed", type=int, default=7, help="who does what, and when")
-    day.add_argument("--plain-mqtt", action="store_true",
-                     help="for debugging only: plain MQTT with the local broker config instead "
-                          "of the provisioned centre's mutual TLS (the default)")
+    add_exam_day_options(parser.add_argument_group(
+        "exam-day rehearsal (--scenario exam-day; also takes --faces, --json, --workdir)"))
     return parser
 
 
@@ -298,37 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("gerbang-demo", args.verbose)
     if args.scenario == "exam-day":
-        return _exam_day(args)
+        return run_exam_day(args)
     summary = run_demo(args)
     if args.json:
         print(json.dumps(summary))
     else:
         print(json.dumps(summary, indent=2))
     return 0 if summary["published"] == summary["stored"] else 1
-
-
-def _exam_day(args: argparse.Namespace) -> int:
-    """``--scenario exam-day``: the rehearsal; exit 0 only when it passes."""
-    from gerbang.rehearsal import run_rehearsal
-
-    if args.rooms < 1 or args.gates_per_room < 1:
-        raise SystemExit("--rooms and --gates-per-room must be at least 1")
-    result = run_rehearsal(args)
-    if args.json:
-        keys = ("verdict", "attendance_matches", "lost", "duplicated", "undelivered",
-                "proxies", "proxies_admitted", "strangers", "strangers_admitted",
-                "photo_attacks", "photo_attacks_admitted", "present", "late", "absent",
-                "proctor_admits", "events_stored", "faults", "faults_survived", "latency_ms",
-                "peak_ram_mb", "wall_s", "window_s", "transport", "report", "workdir")
-        print(json.dumps({k: result[k] for k in keys}))
-    else:
-        equal = "equal to" if result["attendance_matches"] else "DIFFERENT from"
-        print(f"{result['verdict']}: attendance {equal} the ground truth in every room; "
-              f"{result['lost']} lost, {result['duplicated']} duplicated; "
-              f"{result['proxies_admitted']}/{result['proxies']} proxies admitted; "
-              f"{result['faults_survived']}/{len(result['faults'])} faults survived; "
-              f"{result['wall_s'] / 60:.1f} min. Report: {result['report']}")
-    return 0 if result["verdict"] == "PASS" else 1
 
 
 if __name__ == "__main__":
