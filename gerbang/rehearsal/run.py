@@ -1,4 +1,5 @@
-"""``gerbang-demo --scenario exam-day``: a whole centre's exam morning rehearsed on one machine.
+"""``gerbang-demo --scenario exam-day`` (or ``python -m gerbang.rehearsal``): a whole centre's
+exam morning rehearsed on one machine.
 
 A centre of R rooms × G gates runs as the real processes: one Mosquitto, one gateway (SQLite or
 PostgreSQL), and one device service per gate. Every applicant walks up to a gate as real face
