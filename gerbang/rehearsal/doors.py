@@ -120,7 +120,7 @@ def proctor_admit(morning: Morning, visit: DoorVisit, refusals: int) -> float | 
     while time.monotonic() < deadline and not morning.stop.is_set():
         try:
             api(morning.base_url, "POST", path, morning.proctor_token,
-                 {"action": "manual_admit", "reason": reason})
+                {"action": "manual_admit", "reason": reason})
             return morning.rel()
         except urllib.error.HTTPError as exc:
             if exc.code < 500:

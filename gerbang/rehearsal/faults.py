@@ -272,7 +272,7 @@ def _inject(morning: Morning, fault: Fault, broker: MosquittoBroker, gateway: Ga
         link.restore()
         fault.ended_s = morning.rel()
         drained = wait_for(lambda: (rig.read_outbox() or {}).get("depth", 1) == 0, 180,
-                            morning.stop)
+                           morning.stop)
         if drained:
             fault.recovered_s = morning.rel()
         until = fault.recovered_s if fault.recovered_s is not None else morning.rel()

@@ -328,14 +328,17 @@ def api(base_url: str, method: str, path: str, token: str | None = None,
 
 
 def login(base_url: str, username: str, password: str) -> str:
+    """Log in to the gateway's API; returns the bearer token."""
     # Argon2id on purpose costs CPU and memory; with 40 gates starting on two cores (and other
     # work on a shared machine) a login can take far longer than an ordinary call.
     return api(base_url, "POST", "/api/login", body={"username": username,
-                                                     "password": password},
-                timeout=90.0)["token"]
+                                                    "password": password},
+               timeout=90.0)["token"]
 
 
 def wait_for(predicate: Any, timeout: float, stop: threading.Event) -> bool:
+    """Poll ``predicate`` (an outbox drained, every check-in stored...) every 0.2 s until it
+    holds, ``timeout`` passes or ``stop`` is set; whether it holds in the end."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
         if predicate():
@@ -345,7 +348,7 @@ def wait_for(predicate: Any, timeout: float, stop: threading.Event) -> bool:
 
 
 def write_gateway_config(path: Path, db: str, http_port: int, broker_port: int,
-                          broker: dict[str, Any] | None = None) -> None:
+                         broker: dict[str, Any] | None = None) -> None:
     """The gateway's TOML: its database, HTTP port and broker; ``broker`` adds keys to
     ``[broker]`` (the TLS files: ``CentreTLS.broker_section``)."""
     write_toml(path, "written by gerbang-demo --scenario exam-day", {
@@ -367,6 +370,7 @@ def create_pg_database(admin_url: str) -> str:
 
 
 def drop_pg_database(admin_url: str, url: str) -> None:
+    """Drop the rehearsal's database (``url``, made by :func:`create_pg_database`)."""
     import psycopg
 
     name = url.rsplit("/", 1)[1]

@@ -205,7 +205,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
     gateway_config = run_dir / "gateway" / "gateway.toml"
     gateway_config.parent.mkdir(exist_ok=True)
     write_gateway_config(gateway_config, db, http_port, broker.port,
-                          tls.broker_section("gateway") if tls else None)
+                         tls.broker_section("gateway") if tls else None)
     gateway = GatewayRunner(gateway_config, logs_dir / "gateway.log", base_url)
     rigs: dict[str, GateRig] = {}
     for room in plan.rooms:
@@ -319,7 +319,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
         timings["settle_s"] = time.monotonic() - settle_started
         timings["morning_s"] = morning.rel()
         attendance = api(base_url, "GET", f"/api/sessions/{SESSION}/attendance", manager_token,
-                          timeout=90.0)
+                         timeout=90.0)
         for rig in rigs.values():
             rig.decisions()  # the last log lines, for the logged-vs-stored count
         events, alarms = _stored(store)
