@@ -1,3 +1,4 @@
-"""Gerbang: face-verified check-in gates for exam centres (shared core: wire contract, config)."""
+"""Shared core: wire, config, mqtt, files, logs, broker, host...; runs: demo, rehearsal, simulation.
+The core imports no device/gateway/provisioning (which import no run); the runs may import all."""
 
 __version__ = "0.1.0"

@@ -22,9 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,17 @@ import cv2
 
 from gerbang.broker import free_port, start_local_broker
 from gerbang.logs import setup_logging
+from gerbang.rehearsal.cli import add_options as add_exam_day_options
+from gerbang.rehearsal.cli import run as run_exam_day
+from gerbang.simulation import (
+    Visit,
+    default_faces_dir,
+    get_json,
+    prepare_gateway,
+    score,
+    wait_http,
+    write_device_config,
+)
 from gerbang.stopping import stop_processes
 
 log = logging.getLogger("demo")
@@ -42,31 +51,12 @@ CENTRE = "demo"
 
 
 @dataclass
-class Visit:
-    """One image shown to one gate, and what should happen."""
-
-    gate: str
-    image: Path
-    person: str
-    enrolled: bool
-    #: Applicant id on the card shown with the face (None: no card, the gate searches 1:N).
-    card: str | None = None
-
-
-@dataclass
 class Plan:
     """Who is enrolled where and which images each gate replays."""
 
     rosters: dict[str, dict[str, list[Path]]] = field(default_factory=dict)  # room → id → photos
     visits: list[Visit] = field(default_factory=list)
     strangers: list[str] = field(default_factory=list)
-
-
-def default_faces_dir() -> Path | None:
-    """The shared celeba set when this machine has it."""
-    root = Path(os.environ.get("GERBANG_DATA", "../shared/data"))
-    celeba = root / "faces" / "celeba"
-    return celeba if celeba.is_dir() else None
 
 
 def make_plan(people: dict[str, list[Path]], n_people: int, seed: int = 7) -> Plan:
@@ -124,115 +114,6 @@ def _stage_frames(plan: Plan, gate_dir: Path, room: str) -> dict[str, Visit]:
     return truth
 
 
-def _toml_value(value: Any) -> str:
-    """One TOML value: booleans, numbers, and strings/paths (JSON string escapes are TOML's)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
-def _write_device_config(path: Path, room: str, gate_dir: Path, broker_port: int, protocol: int,
-                         fps: float, *, device_id: str | None = None, centre: str = CENTRE,
-                         session: str = SESSION, capture: dict[str, Any] | None = None,
-                         broker: dict[str, Any] | None = None) -> None:
-    """A simulated gate's ``device.toml``: replayed frames, mock pins, one model thread.
-
-    ``capture`` and ``broker`` add or replace keys of those sections (the exam-day rehearsal
-    replays a camera feed playlist, and will put the TLS files in ``[broker]``).
-    """
-    sections: dict[str, dict[str, Any]] = {
-        "gate": {"device_id": device_id or f"{centre}-{room.lower()}-a", "centre": centre,
-                 "room": room, "session": session, "data_dir": gate_dir},
-        "broker": {"port": broker_port, "protocol": protocol, **(broker or {})},
-        "capture": {"source": "replay", "path": gate_dir / "frames", "fps": fps,
-                    **(capture or {})},
-        "models": {"threads": 1},
-        "gpio": {"pin_factory": "mock"},
-    }
-    lines = ["# written by gerbang-demo"]
-    for name, values in sections.items():
-        lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _get_json(url)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
-def _prepare_gateway(db: Path | str, rosters: dict[str, list[str]], *, session: str = SESSION,
-                     centre: str = CENTRE, name: str = "Demo SKD session 1",
-                     doors_open: datetime | None = None, starts_at: datetime | None = None,
-                     doors_close: datetime | None = None,
-                     gates: dict[str, str] | None = None) -> tuple[str, str]:
-    """Schedule the exam session (by default doors open 5 minutes ago, it starts in 20 minutes,
-    WIB), import its roster, assign each of ``gates`` (device id -> room) to its room for the
-    session (a gate's events count only for its assignment), and create a one-off manager
-    login; returns ``(username, password)``. ``db`` is a SQLite path or a ``postgresql://``
-    URL."""
-    import secrets
-
-    from gateway.assignments import assign_many
-    from gateway.auth import add_user
-    from gateway.store import open_store
-    from gerbang.wire import ID_PATTERN
-
-    store = open_store(db)
-    wib = timezone(timedelta(hours=7))
-    now = datetime.now(wib).replace(microsecond=0)
-    store.upsert_session({
-        "session_id": session, "centre": centre, "name": name,
-        "doors_open": (doors_open or now - timedelta(minutes=5)).isoformat(),
-        "starts_at": (starts_at or now + timedelta(minutes=20)).isoformat(),
-        "doors_close": (doors_close or now + timedelta(minutes=30)).isoformat()})
-    entries = [{"applicant_id": person, "name": f"Peserta {person}", "room": room,
-                "seat": f"{seat:02d}"}
-               for room, people in rosters.items()
-               for seat, person in enumerate(sorted(people), start=1) if ID_PATTERN.match(person)]
-    store.replace_roster(session, entries)
-    if gates:
-        assign_many(store, [{"device_id": device, "centre": centre, "room": room,
-                             "session": session} for device, room in sorted(gates.items())],
-                    by="demo-setup")
-    password = secrets.token_urlsafe(9)
-    add_user(store, "manager", password, "manager")
-    return "manager", password
-
-
-def _score(truth: dict[str, Visit], events: list[dict[str, Any]]) -> dict[str, int]:
-    """Compare stored events with the ground truth of what each gate was shown."""
-    result = {"true_accepts": 0, "false_accepts": 0, "false_rejects": 0, "true_rejects": 0,
-              "no_face": 0, "proxy_attempts": 0, "proxies_refused": 0}
-    for event in events:
-        visit = truth.get(f"{event['room']}/{event['frame_ref']}")
-        if visit is None:
-            continue
-        if visit.card is not None and visit.card != visit.person:
-            result["proxy_attempts"] += 1
-            result["proxies_refused"] += event["outcome"] != "accepted"
-        if event["outcome"] == "no_face":
-            result["no_face"] += 1
-        elif event["outcome"] == "accepted":
-            ok = visit.enrolled and event["applicant_id"] == visit.person
-            result["true_accepts" if ok else "false_accepts"] += 1
-        else:
-            result["false_rejects" if visit.enrolled else "true_rejects"] += 1
-    return result
-
-
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo end to end; returns the summary."""
     from device.decide.roster import save_roster
@@ -279,11 +160,13 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     fps = args.fps or (min(30.0, max(0.5, per_gate / (0.5 * args.duration)))
                        if args.duration else 2.0)
     for room, config in zip(ROOMS, configs, strict=True):
-        _write_device_config(config, room, config.parent, broker.port, broker.protocol, fps)
+        write_device_config(config, room, config.parent, broker.port, broker.protocol, fps,
+                            centre=CENTRE, session=SESSION)
 
-    login = _prepare_gateway(workdir / "gateway.sqlite",
-                             {room: sorted(people) for room, people in plan.rosters.items()},
-                             gates={f"{CENTRE}-{room.lower()}-a": room for room in ROOMS})
+    login = prepare_gateway(workdir / "gateway.sqlite",
+                            {room: sorted(people) for room, people in plan.rosters.items()},
+                            session=SESSION, centre=CENTRE, name="Demo SKD session 1",
+                            gates={f"{CENTRE}-{room.lower()}-a": room for room in ROOMS})
     http_port = args.http_port or free_port()
     base = f"http://127.0.0.1:{http_port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -299,7 +182,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                  "--http-port", str(http_port), "--broker-port", str(broker.port),
                  "--mqtt-protocol", str(broker.protocol)], stdout=gw_log, stderr=gw_log, env=env)
         procs.append(gateway)
-        _wait_http(f"{base}/healthz")
+        wait_http(f"{base}/healthz")
         print(f"Gerbang demo: dashboard at {base}/  log in as {login[0]} / {login[1]} "
               f"(public board: {base}/board/{SESSION})\n  broker {broker.name} on port "
               f"{broker.port}, {len(plan.visits)} visits, {len(plan.strangers)} people not on "
@@ -333,14 +216,14 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.2)
         stats = store.counts()
         events = store.events()
-        board = _get_json(f"{base}/api/public/sessions/{SESSION}")
+        board = get_json(f"{base}/api/public/sessions/{SESSION}")
         summary = {
             "published": published, "stored": stats["events"],
             "accepted": sum(e["outcome"] == "accepted" for e in events),
             "refused": sum(e["outcome"] == "refused" for e in events),
             "no_face": sum(e["outcome"] == "no_face" for e in events),
             "rejected_messages": stats["rejected"], "visits": len(plan.visits),
-            **_score(truth, events),
+            **score(truth, events),
             "board_present": sum(r["present"] for r in board["rooms"]),
             "board_expected": sum(r["expected"] for r in board["rooms"]),
             "broker": broker.name, "faces": str(faces), "dashboard": f"{base}/",
@@ -386,29 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="demo: two gates, live dashboard (default); exam-day: rehearse a "
                              "whole centre's morning under faults and write a report "
                              "(docs/rehearsal.md)")
-    day = parser.add_argument_group(
-        "exam-day rehearsal (--scenario exam-day; also takes --faces, --json, --workdir)")
-    day.add_argument("--rooms", type=int, default=20, help="exam rooms (default 20)")
-    day.add_argument("--gates-per-room", type=int, default=2,
-                     help="gates (device processes) per room (default 2)")
-    day.add_argument("--applicants", type=int, default=None,
-                     help="applicants (default: everyone in the faces folder with 4+ photos)")
-    day.add_argument("--window-s", type=float, default=None,
-                     help="the 30-minute doors-open window compressed into this many seconds "
-                          "(default 300)")
-    day.add_argument("--no-faults", action="store_true", help="rehearse without faults")
-    day.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
-                     help="the gateway's database (default sqlite)")
-    day.add_argument("--postgres", default=os.environ.get(
-        "GERBANG_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        help="with --backend postgresql: a server URL where a fresh database may be created "
-             "(and dropped at the end); default $GERBANG_POSTGRES or postgres@127.0.0.1")
-    day.add_argument("--camera-fps", type=float, default=None,
-                     help="frame rate of each simulated camera (default 1)")
-    day.add_argument("--seed", type=int, default=7, help="who does what, and when")
-    day.add_argument("--plain-mqtt", action="store_true",
-                     help="for debugging only: plain MQTT with the local broker config instead "
-                          "of the provisioned centre's mutual TLS (the default)")
+    add_exam_day_options(parser.add_argument_group(
+        "exam-day rehearsal (--scenario exam-day; also takes --faces, --json, --workdir)"))
     return parser
 
 
@@ -417,37 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("gerbang-demo", args.verbose)
     if args.scenario == "exam-day":
-        return _exam_day(args)
+        return run_exam_day(args)
     summary = run_demo(args)
     if args.json:
         print(json.dumps(summary))
     else:
         print(json.dumps(summary, indent=2))
     return 0 if summary["published"] == summary["stored"] else 1
-
-
-def _exam_day(args: argparse.Namespace) -> int:
-    """``--scenario exam-day``: the rehearsal; exit 0 only when it passes."""
-    from gerbang.rehearsal import run_rehearsal
-
-    if args.rooms < 1 or args.gates_per_room < 1:
-        raise SystemExit("--rooms and --gates-per-room must be at least 1")
-    result = run_rehearsal(args)
-    if args.json:
-        keys = ("verdict", "attendance_matches", "lost", "duplicated", "undelivered",
-                "proxies", "proxies_admitted", "strangers", "strangers_admitted",
-                "photo_attacks", "photo_attacks_admitted", "present", "late", "absent",
-                "proctor_admits", "events_stored", "faults", "faults_survived", "latency_ms",
-                "peak_ram_mb", "wall_s", "window_s", "transport", "report", "workdir")
-        print(json.dumps({k: result[k] for k in keys}))
-    else:
-        equal = "equal to" if result["attendance_matches"] else "DIFFERENT from"
-        print(f"{result['verdict']}: attendance {equal} the ground truth in every room; "
-              f"{result['lost']} lost, {result['duplicated']} duplicated; "
-              f"{result['proxies_admitted']}/{result['proxies']} proxies admitted; "
-              f"{result['faults_survived']}/{len(result['faults'])} faults survived; "
-              f"{result['wall_s'] / 60:.1f} min. Report: {result['report']}")
-    return 0 if result["verdict"] == "PASS" else 1
 
 
 if __name__ == "__main__":
