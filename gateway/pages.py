@@ -25,9 +25,16 @@ from fastapi.templating import Jinja2Templates
 from gateway import auth
 from gateway.alerts import current_alerts, open_count
 from gateway.attendance import parse_time, public_board, session_attendance, totals
+from gateway.dashboard import checkins_per_minute, overview
 from gateway.ratelimit import client_key, same_origin, tokens_match
-from gateway.web import COOKIE, LOGIN_CSRF_COOKIE, overview, set_login_cookie
-from gateway.web import current_user as logged_in
+from gateway.webcontext import (
+    COOKIE,
+    LOGIN_CSRF_COOKIE,
+    guarded_login,
+    set_login_cookie,
+    sse_stream,
+)
+from gateway.webcontext import current_user as logged_in
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -73,8 +80,6 @@ def _frag_overview(store: Any, params: dict[str, str]) -> dict[str, Any]:
 
 
 def _frag_session(store: Any, params: dict[str, str]) -> dict[str, Any]:
-    from gateway.web import checkins_per_minute
-
     attendance = session_attendance(store, params["session"])
     if attendance is None:
         raise HTTPException(404, f"no exam session {params['session']!r}")
@@ -211,8 +216,8 @@ def add_pages(app: FastAPI, display_offset: timedelta = timedelta(hours=7),
             if refused is not None:
                 return refused
             on_close = lambda: limiter.close(address)  # noqa: E731
-        return app.state.sse(lambda: {"html": render_fragment(request, name, params)},
-                             on_close)
+        return sse_stream(app.state.ctx,
+                          lambda: {"html": render_fragment(request, name, params)}, on_close)
 
     if public_only:
         return
@@ -248,7 +253,7 @@ def add_pages(app: FastAPI, display_offset: timedelta = timedelta(hours=7),
         try:
             if "\x00" in username + password:  # no account has one; PostgreSQL can't compare
                 raise HTTPException(401, "wrong username or password")
-            token, _user = await app.state.guarded_login(request, username, password)
+            token, _user = await guarded_login(app.state.ctx, request, username, password)
         except HTTPException as exc:
             if exc.status_code == 401 and "\x00" in username + password:
                 await run_in_threadpool(store().audit, username[:64].replace("\x00", "\\0"),

@@ -15,9 +15,10 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 
 from gateway.attendance import public_board, session_attendance
+from gateway.pages import add_pages
 from gateway.ratelimit import BodyLimit, StreamLimiter
 from gateway.store import Store
-from gateway.web import RejectNul, WebContext, sse_stream
+from gateway.webcontext import RejectNul, WebContext
 
 
 def create_public_app(store: Store, *, poll_s: float = 0.3, display_utc_offset_h: float = 7.0,
@@ -31,7 +32,6 @@ def create_public_app(store: Store, *, poll_s: float = 0.3, display_utc_offset_h
     ctx = WebContext(store=store, poll_s=poll_s,
                      board_streams=board_streams or StreamLimiter(100, 4))
     app.state.ctx = ctx
-    app.state.sse = lambda build, on_close=None: sse_stream(ctx, build, on_close)
 
     @app.get("/api/public/sessions/{session_id}")
     def board(session_id: str) -> dict[str, Any]:
@@ -40,8 +40,6 @@ def create_public_app(store: Store, *, poll_s: float = 0.3, display_utc_offset_h
         if attendance is None:
             raise HTTPException(404, f"no exam session {session_id!r}")
         return public_board(attendance)
-
-    from gateway.pages import add_pages
 
     add_pages(app, timedelta(hours=display_utc_offset_h), public_only=True)
     return app

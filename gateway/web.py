@@ -1,5 +1,7 @@
-"""The gateway's web side: JSON API (OpenAPI document at /openapi.json), login, live pages,
-public board.
+"""The gateway's web application: the JSON API (OpenAPI document at /openapi.json) and login,
+with the server-rendered pages of gateway/pages.py added on. What the API and the pages share
+(request context, logged-in user, live streams) is in gateway/webcontext.py; what they show
+in gateway/dashboard.py.
 
 Every request that reads needs a logged-in user (role ``viewer`` or above) except the public
 board, which shows counts per room and nothing that identifies anyone. Every write is checked
@@ -11,12 +13,10 @@ ratelimit.LoginGuard (bounded password checks, lock-outs); every request body is
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -27,49 +27,28 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
 from gateway import auth
-from gateway.alerts import current_alerts, open_count
-from gateway.attendance import (
-    APPLICANT_ACTIONS,
-    parse_time,
-    public_board,
-    session_attendance,
-    totals,
-)
+from gateway.alerts import current_alerts
+from gateway.assignments import AssignmentError, assign
+from gateway.attendance import APPLICANT_ACTIONS, parse_time, public_board, session_attendance
+from gateway.dashboard import checkins_per_minute, overview
 from gateway.ingest import IngestStats
-from gateway.ratelimit import (
-    BodyLimit,
-    LoginGuard,
-    LoginLimits,
-    LoginRefused,
-    StreamLimiter,
-    client_key,
-    same_origin,
-)
+from gateway.pages import add_pages
+from gateway.ratelimit import BodyLimit, LoginGuard, LoginLimits, StreamLimiter, same_origin
 from gateway.reports import attendance_csv, attendance_pdf, audit_csv
 from gateway.roster_import import parse_roster_csv
 from gateway.store import Store
+from gateway.webcontext import (
+    COOKIE,
+    Commander,
+    RejectNul,
+    WebContext,
+    current_user,
+    guarded_login,
+    request_token,
+    set_login_cookie,
+    sse_stream,
+)
 from gerbang.wire import ID_PATTERN, utc_now_iso
-
-COOKIE = "gerbang_session"
-#: The login form's double-submit token (login CSRF): a cookie and a hidden field that match.
-LOGIN_CSRF_COOKIE = "gerbang_login_csrf"
-#: Publishes a command to a gate: (centre, device_id, command name, payload) -> None.
-Commander = Callable[[str, str, str, dict[str, Any]], None]
-
-
-@dataclass
-class WebContext:
-    """What the routes share: the store, live ingest counters, how to reach gates."""
-
-    store: Store
-    stats: IngestStats | None = None
-    commander: Commander | None = None
-    poll_s: float = 0.3
-    guard: LoginGuard | None = None
-    #: ``Secure`` on every cookie (HTTPS here, or at a reverse proxy).
-    secure_cookies: bool = False
-    #: The public board's live streams (total and per address).
-    board_streams: StreamLimiter | None = None
 
 
 def queued_commander(store: Store) -> Commander:
@@ -81,45 +60,6 @@ def queued_commander(store: Store) -> Commander:
                             requested_by=str(payload.get("by") or "") or None)
 
     return command
-
-
-class ClosingStream(StreamingResponse):
-    """A StreamingResponse that calls ``on_close`` when it is over, even if the body never
-    started (so a counted live stream is always given back)."""
-
-    def __init__(self, content: Any, on_close: Callable[[], None] | None,
-                 **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if self._on_close is not None:
-                self._on_close()
-
-
-def sse_stream(ctx: WebContext, build: Callable[[], Any],
-               on_close: Callable[[], None] | None = None) -> StreamingResponse:
-    """A server-sent event stream of ``build()`` whenever the store changes (polled every
-    ``ctx.poll_s``); ``on_close`` runs once the response is over (the client went away)."""
-
-    async def gen() -> AsyncIterator[str]:
-        last, quiet = None, 0
-        while True:
-            token = await asyncio.to_thread(ctx.store.change_token)
-            if token != last:
-                last, quiet = token, 0
-                data = await asyncio.to_thread(build)
-                yield f"data: {json.dumps(data, default=str)}\n\n"
-            elif (quiet := quiet + 1) * ctx.poll_s >= 15:
-                quiet = 0
-                yield ": keep-alive\n\n"  # keeps proxies from closing an idle stream
-            await asyncio.sleep(ctx.poll_s)
-
-    return ClosingStream(gen(), on_close, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-store"})
 
 
 def clean_text(value: str) -> str:
@@ -153,22 +93,6 @@ class TextModel(BaseModel):
     @classmethod
     def _clean(cls, value: Any) -> Any:
         return clean_text(value) if isinstance(value, str) else value
-
-
-class RejectNul:
-    """ASGI middleware: a path or query string carrying a NUL character (``%00``) gets 400.
-    No id, room or filter contains one, and PostgreSQL cannot even compare against it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and ("\x00" in scope["path"]
-                                        or b"%00" in scope.get("query_string", b"")):
-            response = JSONResponse({"detail": "NUL characters are not allowed in URLs"}, 400)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def attachment(name: str) -> dict[str, str]:
@@ -293,12 +217,6 @@ class RoomScope(TextModel):
         return value
 
 
-def set_login_cookie(response: Response, token: str, secure: bool) -> None:
-    """The page login cookie: HttpOnly, SameSite=Strict, ``Secure`` over HTTPS."""
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure,
-                        max_age=auth.TOKEN_TTL_S)
-
-
 def scope_error(user: dict[str, Any], what: str) -> HTTPException:
     """The 403 for an action outside the caller's room scope."""
     return HTTPException(403, f"{user['username']} may not act on {what}: outside the "
@@ -322,19 +240,6 @@ def device_room(store: Store, device_id: str) -> tuple[str | None, str | None]:
             room if isinstance(room, str) else None)
 
 
-def _token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.cookies.get(COOKIE)
-
-
-def current_user(request: Request) -> dict[str, Any] | None:
-    """The logged-in user of this request, or None."""
-    ctx: WebContext = request.app.state.ctx
-    return auth.user_for_token(ctx.store, _token(request))
-
-
 def requires(permission: str) -> Callable[..., dict[str, Any]]:
     """A FastAPI dependency: 401 without a login, 403 without the permission."""
 
@@ -354,38 +259,6 @@ Viewer = Annotated[dict[str, Any], Depends(requires("view"))]
 Proctor = Annotated[dict[str, Any], Depends(requires("proctor"))]
 Unlocker = Annotated[dict[str, Any], Depends(requires("unlock"))]
 Manager = Annotated[dict[str, Any], Depends(requires("manage"))]
-
-
-def overview(store: Store) -> dict[str, Any]:
-    """Every session's room tiles, unscheduled traffic, recent events, alert count."""
-    sessions = []
-    for s in store.exam_sessions():
-        attendance = session_attendance(store, s["session_id"])
-        assert attendance is not None
-        sessions.append({"session": s, "rooms": attendance["rooms"],
-                         "totals": totals(attendance["rooms"])})
-    known = {s["session"]["session_id"] for s in sessions}
-    alerts = current_alerts(store)
-    return {"sessions": sessions,
-            "unscheduled": [r for r in store.room_summary() if r["session"] not in known],
-            "recent": store.recent_events(15), "counts": store.counts(),
-            "alerts_open": open_count(alerts), "alerts": alerts[:10]}
-
-
-def checkins_per_minute(store: Store, session_id: str, minutes: int = 60,
-                        ) -> dict[str, list[int]]:
-    """Accepted check-ins per minute per room over the session's last ``minutes`` minutes
-    of activity (oldest first), for the dashboard's plot."""
-    events = [e for e in store.session_events(session_id) if e["outcome"] == "accepted"]
-    if not events:
-        return {}
-    end = parse_time(max(e["ts"] for e in events))
-    series: dict[str, list[int]] = {}
-    for e in events:
-        age = int((end - parse_time(e["ts"])).total_seconds() // 60)
-        if age < minutes:
-            series.setdefault(e["room"], [0] * minutes)[minutes - 1 - age] += 1
-    return dict(sorted(series.items()))
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -441,31 +314,15 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         Failed logins lock the username and the client address for a while (429)."""
         if not same_origin(request):
             raise HTTPException(403, "cross-site login refused")
-        token, user = await guarded_login(request, credentials.username, credentials.password)
+        token, user = await guarded_login(ctx, request, credentials.username,
+                                          credentials.password)
         set_login_cookie(response, token, ctx.secure_cookies)
         return {"token": token, "user": user}
-
-    async def guarded_login(request: Request, username: str, password: str,
-                            ) -> tuple[str, dict[str, Any]]:
-        """A login through the guard, audited; HTTPException with the guard's status."""
-        assert ctx.guard is not None
-        try:
-            token, user = await ctx.guard.login(username, password, client_key(request))
-        except LoginRefused as exc:
-            if exc.status in (401, 403):
-                await asyncio.to_thread(store.audit, username[:64], "login_failed", None,
-                                        {"address": client_key(request)})
-            raise HTTPException(exc.status, exc.message, headers=exc.headers()) from None
-        await asyncio.to_thread(store.audit, user["username"], "login", None,
-                                {"address": client_key(request)})
-        return token, user
-
-    app.state.guarded_login = guarded_login
 
     @app.post("/api/logout", tags=["auth"])
     def api_logout(request: Request, response: Response) -> dict[str, str]:
         """End this login."""
-        token = _token(request)
+        token = request_token(request)
         if token:
             store.drop_token(auth.token_digest(token))
         response.delete_cookie(COOKIE)
@@ -681,8 +538,6 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
                        body: AssignmentIn, user: Manager) -> dict[str, Any]:
         """Assign a gate (audited). The ingest re-evaluates the events it refused for
         configuration reasons within a few seconds."""
-        from gateway.assignments import AssignmentError, assign
-
         try:
             return assign(store, device_id, body.centre, body.room, body.session,
                           user["username"])
@@ -769,14 +624,7 @@ def create_app(store: Store, stats: IngestStats | None = None, poll_s: float = 0
         """The overview as server-sent events whenever anything changes (login needed)."""
         if not auth.allowed(current_user(request), "view"):
             raise HTTPException(401, "log in first")
-        return sse(lambda: overview(store))
-
-    def sse(build: Callable[[], Any],
-            on_close: Callable[[], None] | None = None) -> StreamingResponse:
-        return sse_stream(ctx, build, on_close)
-
-    app.state.sse = sse
-    from gateway.pages import add_pages
+        return sse_stream(ctx, lambda: overview(store))
 
     add_pages(app, timedelta(hours=display_utc_offset_h))
     return app
