@@ -20,7 +20,8 @@ from typing import Any
 from gateway.admission import EXPLAIN
 
 SEVERITY = {"door_forced": "high", "tamper": "high", "spoof_suspected": "high",
-            "card_locked": "high", "duplicate_identity": "high", "seq_gap": "high",
+            "card_locked": "high", "config_refused": "high", "duplicate_identity": "high",
+            "seq_gap": "high",
             "event_refused": "high", "outbox_replaced": "high", "event_id_conflict": "high",
             "device_offline": "medium", "door_held_open": "medium", "camera_lost": "medium",
             "outbox_near_full": "medium", "rejected_message": "low", "manual_override": "info",
@@ -28,10 +29,11 @@ SEVERITY = {"door_forced": "high", "tamper": "high", "spoof_suspected": "high",
 #: Alarms that are records rather than problems: listed, never counted as open alerts.
 INFORMATIONAL = ("manual_override", "exit_request")
 #: Listed before anything else, whatever the time: what a proctor must act on.
-SAFETY = ("door_forced", "tamper", "door_held_open", "card_locked", "spoof_suspected",
+SAFETY = ("door_forced", "tamper", "door_held_open", "card_locked", "config_refused",
+          "spoof_suspected",
           "duplicate_identity", "seq_gap", "event_refused", "outbox_replaced",
           "event_id_conflict")
-_SAFETY_ALARMS = ("door_forced", "tamper", "door_held_open", "card_locked")
+_SAFETY_ALARMS = ("door_forced", "tamper", "door_held_open", "card_locked", "config_refused")
 
 
 def _rank(kind: str) -> int:

@@ -199,6 +199,8 @@ _EVENT_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 }
 _EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_TEXT = 256
+#: Longest ``detail`` of an alarm (and of any other free text field) the gateway accepts.
+MAX_TEXT_CHARS = _MAX_TEXT
 
 
 def parse_event(payload: bytes | str) -> CheckinEvent:
@@ -278,10 +280,13 @@ def status_payload(online: bool, **details: Any) -> bytes:
 #: grant, exit request or override; ``door_held_open``: open longer than allowed; ``tamper``: the
 #: enclosure switch; ``manual_override``: the proctor key was turned; ``outbox_near_full``: the
 #: device's event store is close to its disk bound; ``camera_lost``: no frames;
-#: ``card_locked``: repeated failed liveness with one card (``detail`` names the card).
+#: ``card_locked``: repeated failed liveness with one card (``detail`` names the card);
+#: ``config_refused``: the gate refused a pushed config (an unsigned change of a key that decides
+#: who enters, a local key, a signature that does not verify, a bad value, an old version):
+#: a broken tool, or someone holding a commanding identity trying to weaken the gate.
 #: Alarms share the device's ``seq`` with its events (one outbox), so a gap means a loss.
 ALARM_KINDS = ("door_forced", "door_held_open", "tamper", "manual_override", "exit_request",
-               "outbox_near_full", "camera_lost", "card_locked")
+               "outbox_near_full", "camera_lost", "card_locked", "config_refused")
 
 
 @dataclass(frozen=True)

@@ -280,6 +280,8 @@ class SecureGate:
     connected to a real Mosquitto (plain, on loopback: the broker is not what is tested)."""
 
     def __init__(self, root: Path, port: int) -> None:
+        from device.config import GateIdentity
+        from device.uplink.alarms import record_alarm
         from device.uplink.outbox import Outbox
         from device.uplink.publisher import Uplink
         from gerbang.config import BrokerConfig
@@ -301,8 +303,13 @@ class SecureGate:
         self.outbox = Outbox(self.data_dir / "outbox.sqlite")
         apply = config_push_handler(self.config_path, self.data_dir, self.restart)
 
+        identity = GateIdentity(DEVICE, CENTRE, "R01", "S1", self.data_dir)
+
         def command(name: str, payload: bytes):
-            return CommandHandler("S1", self.data_dir, lambda: None, lambda *_: None,
+            # Alarms go through the outbox, as on a real gate (device.processes.uplink).
+            return CommandHandler("S1", self.data_dir, lambda: None,
+                                  lambda kind, detail: record_alarm(self.outbox, identity, kind,
+                                                                    detail),
                                   apply_config=apply).handle(name, payload)
 
         self.uplink = Uplink(self.outbox, BrokerConfig(port=port), CENTRE, DEVICE,
@@ -407,6 +414,66 @@ def test_hostile_unsigned_push_is_refused_naming_the_field(secure, change, field
     assert gate.config_path.read_bytes() == gate.original  # the file on disk unchanged
     assert not (gate.data_dir / STATE_FILE).exists() and gate.restarts == 0
     assert reported_config(gate.data_dir, gate.config_path)["version"] == 0
+
+
+def test_hostile_pushes_raise_an_alarm_and_lose_nothing_at_the_gateway(tmp_path, mosquitto):
+    """The issue's bar: the hostile pushes, with a real gateway ingest on the same broker while
+    the gate keeps sending check-ins: every check-in stored (ingest count = published), every
+    hostile push refused *and* alerted (``config_refused``, a safety alert, listed first)."""
+    import time
+
+    from gateway.alerts import current_alerts
+    from gateway.ingest import Ingest
+    from gateway.store import open_store
+    from gerbang.config import BrokerConfig
+
+    store = open_store(tmp_path / "gw.sqlite")
+    ingest = Ingest(store, BrokerConfig(port=mosquitto.port))
+    ingest.start()
+    assert ingest.connected.wait(10)
+    gate = SecureGate(tmp_path / "gate", mosquitto.port)
+    tech = Technician(mosquitto.port)
+    published = 0
+
+    def checkin(seq: int) -> tuple[str, bytes]:
+        event = wire.CheckinEvent(
+            event_id=wire.new_event_id(), device_id=DEVICE, centre=CENTRE, room="R01",
+            session="S1", seq=seq, ts=wire.utc_now_iso(), outcome="accepted",
+            applicant_id=f"A{seq:04d}", score=0.7, latency_ms=40.0, stream=gate.outbox.stream)
+        return wire.events_topic(CENTRE, DEVICE), event.to_json()
+
+    try:
+        tech.reach()
+        for change, field in HOSTILE.values():
+            for _ in range(20):
+                gate.outbox.append(checkin)
+                published += 1
+            gate.uplink.notify()
+            ack = tech.send("config", {"version": 2, "config": gate.toml(**change)})
+            assert ack["ok"] is False and f"{field}:" in ack["detail"], ack
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+                len(store.events()) < published
+                or len(store.alarms(kinds=["config_refused"])) < len(HOSTILE)):
+            time.sleep(0.1)
+    finally:
+        tech.close()
+        gate.close()
+        ingest.stop()
+    assert len(store.events()) == published == 100  # nothing lost around the refusals
+    alarms = store.alarms(kinds=["config_refused"])
+    assert len(alarms) == len(HOSTILE)
+    assert {field for _, field in HOSTILE.values()} == {
+        next(f for _, f in HOSTILE.values() if f"{f}:" in a["detail"]) for a in alarms}
+    assert gate.config_path.read_bytes() == gate.original and gate.restarts == 0
+    alerts = [a for a in current_alerts(store) if a["acknowledged"] is None]
+    refused = [a for a in alerts if a["kind"] == "config_refused"]
+    assert len(refused) == len(HOSTILE) and all(a["severity"] == "high" for a in refused)
+    # Safety first: nothing but safety alerts before the last config_refused.
+    from gateway.alerts import SAFETY
+
+    last = max(alerts.index(a) for a in refused)
+    assert all(a["kind"] in SAFETY for a in alerts[:last + 1])
 
 
 def test_signed_push_changes_protected_keys_but_never_local_ones(secure):

@@ -250,6 +250,16 @@ def config_push_handler(config_path: Path, data_dir: Path,
     data_dir = Path(data_dir)
 
     def handle(body: dict[str, Any]) -> str:
+        # Pushes are rare, deliberate acts of a technician; a refused one is either a broken
+        # tool or someone with a commanding identity trying to weaken the gate, and a proctor
+        # cannot tell which from here: every refusal is also a config_refused alarm.
+        try:
+            return apply(body)
+        except CommandError as exc:
+            exc.alarm = exc.alarm or "config_refused"
+            raise
+
+    def apply(body: dict[str, Any]) -> str:
         signed = "signed_config_b64" in body
         current: DeviceConfig | None = None
         if signed:

@@ -71,7 +71,13 @@ class CommandResult:
 
 
 class CommandError(ValueError):
-    """A command the gate refuses; the message names the bad field."""
+    """A command the gate refuses; the message names the bad field. ``alarm`` (a
+    ``wire.ALARM_KINDS`` kind) when the refusal is itself evidence of an attack, so the gateway
+    hears it as an alarm through the outbox and not only as a refused acknowledgement."""
+
+    def __init__(self, message: str, alarm: str | None = None) -> None:
+        super().__init__(message)
+        self.alarm = alarm
 
 
 def _text(body: dict[str, Any], name: str, required: bool = True, limit: int = 300) -> str:
@@ -153,6 +159,8 @@ class CommandHandler:
             return CommandResult(name, True, detail, command_id)
         except CommandError as exc:
             log.warning("command %s refused: %s", name[:40], exc)
+            if exc.alarm:
+                self.record_alarm(exc.alarm, f"{name[:40]}: {exc}"[:wire.MAX_TEXT_CHARS])
             return CommandResult(name[:40], False, str(exc), command_id)
         except Exception as exc:  # the gate stays up whatever a command does
             log.exception("command %s failed", name[:40])
