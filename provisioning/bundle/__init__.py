@@ -1,50 +1,60 @@
 """A centre's provisioning folder (CA, broker, gateway, technicians, gates) and each gate's bundle.
 May import the rest of provisioning, device and gerbang; device and gateway never import it."""
 
+from provisioning.bundle.broker_folder import (
+    BrokerFiles,
+    BrokerSync,
+    sync_broker,
+    sync_crl,
+    write_broker_config,
+)
+from provisioning.bundle.centre import (
+    CENTRE_FILE,
+    DEVICE_FILE,
+    Centre,
+    check_ca_matches,
+    create_centre,
+    load_centre,
+    replace_server_cert,
+)
+from provisioning.bundle.certificates import (
+    DeviceRecord,
+    add_device,
+    gateway_broker_toml,
+    issue_gateway_cert,
+    issue_technician_cert,
+    load_device,
+    revoke_device,
+    technician_broker_toml,
+)
+from provisioning.bundle.common import (
+    DEFAULT_DATA_DIR,
+    DEFAULT_ETC_DIR,
+    DEFAULT_VENV,
+    SERVICE_USER,
+    ProvisionError,
+)
 from provisioning.bundle.gate_bundle import (
     BCM_TO_HEADER,
     BUNDLE_FILE,
     CAMERAS,
-    CENTRE_FILE,
-    DEFAULT_DATA_DIR,
-    DEFAULT_ETC_DIR,
-    DEFAULT_VENV,
-    DEVICE_FILE,
-    SERVICE_USER,
-    BrokerFiles,
-    BrokerSync,
     BundleOptions,
-    Centre,
-    DeviceRecord,
-    ProvisionError,
-    add_device,
     bundle_info,
-    check_ca_matches,
-    check_ssh_host,
-    create_centre,
-    csr_shell_command,
     default_archive_path,
     device_toml,
-    fetch_csr_command,
-    gateway_broker_toml,
-    install_commands,
-    install_local,
     install_script,
-    issue_gateway_cert,
-    issue_technician_cert,
-    load_centre,
-    load_device,
     load_pin_map,
-    remote_archive_path,
-    replace_server_cert,
-    revoke_device,
-    sync_broker,
-    sync_crl,
-    technician_broker_toml,
     wiring_sheet,
-    write_broker_config,
     write_bundle,
     write_bundle_archive,
+)
+from provisioning.bundle.on_the_pi import (
+    check_ssh_host,
+    csr_shell_command,
+    fetch_csr_command,
+    install_commands,
+    install_local,
+    remote_archive_path,
 )
 
 __all__ = [
