@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("provision")
 
-BUILD_SCRIPT = Path(__file__).with_name("build_models.py")
+BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "build_models.py"
 
 
 def _cmd_roster(args: argparse.Namespace) -> int:
