@@ -1,1 +1,2 @@
-"""Technician tools: model bundle, enrollment and rosters (PKI and device bundles next)."""
+"""Technician tools (gerbang-provision): centre PKI, broker folder, gate bundles, rosters, models.
+May import device, gerbang and gateway's public modules; device and gateway never import it."""
