@@ -7,12 +7,10 @@ Usage::
 
 Each ``DIR`` holds ``<person>/<image>`` files. Every pipeline below reads every image once
 (``device.tools.evaluation.read_samples``: the device pipeline plus the default quality gate), and
-the
-same samples are scored with both protocols of ``device.tools.evaluation`` — single image (all
-pairs)
-and gate (3-photo templates, quality-gated probes, cosine and T-norm scores) — so the numbers are
-exactly what ``evaluate(..., enroll=None)`` and ``evaluate(..., enroll=3)`` report, for half the
-work. All pipelines average the embeddings of the crop and its mirror image (``flip_average``).
+the same samples are scored with both protocols of ``device.tools.evaluation`` — single image (all
+pairs) and gate (3-photo templates, quality-gated probes, cosine and T-norm scores) — so the numbers
+are exactly what ``evaluate(..., enroll=None)`` and ``evaluate(..., enroll=3)`` report, for half
+the work. All pipelines average the embeddings of the crop and its mirror image (``flip_average``).
 
 Pipelines (detector → landmarks → embedder):
 

@@ -338,8 +338,7 @@ class KeysConfig:
 @dataclass
 class ScreenConfig:
     """The applicant screen (``device/screen/server.py``): a page the gate serves to the small
-    display
-    at the door, opened there by Chromium in kiosk mode (``chromium --kiosk
+    display at the door, opened there by Chromium in kiosk mode (``chromium --kiosk
     http://127.0.0.1:8081/``)."""
 
     #: Off by default: a gate without a display needs no web server.

@@ -41,8 +41,7 @@ and ``technician-cert`` (``gerbang-provision`` does the first part by itself).
 
 ``max_packet_size`` bounds every message a client may send: the largest legitimate one is a
 command of ``device.uplink.commands.MAX_COMMAND_BYTES`` (16 MiB, e.g. a whole model bundle);
-anything
-larger is refused by the broker (it disconnects the sender) before it reaches anyone.
+anything larger is refused by the broker (it disconnects the sender) before it reaches anyone.
 Persistence settings follow ``gerbang/conf/mosquitto-local.conf`` (autosave every 10 s, queue
 bounded by memory).
 """

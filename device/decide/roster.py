@@ -5,8 +5,7 @@ This module is the roster itself and its plain JSON form (the technician's worki
 payload inside the other two forms). What travels to a gate is a signed, encrypted roster
 (``device.manage.roster_file``); what a gate keeps is the encrypted template store
 (``device.manage.template_store``). The format carries a ``version`` so a newer roster can replace
-an
-older one and never the reverse.
+an older one and never the reverse.
 """
 
 from __future__ import annotations

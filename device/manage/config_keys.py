@@ -9,8 +9,7 @@ a field is added to a config dataclass without being classified here):
 ``signed``
     Only through a config file signed with the centre's roster-signing key
     (``gerbang-provision config-push --keys DIR``; ``device.manage.signed_config``), like rosters
-    and
-    model bundles: matching, liveness, quality, the broker address, the door hardware, the
+    and model bundles: matching, liveness, quality, the broker address, the door hardware, the
     room and session, the camera, the models, the outbox bounds.
 ``local``
     Never remotely, signed or not: the gate's identity and data folder (bound to its

@@ -3,8 +3,7 @@
 Production: rosters arrive signed and encrypted for the room, copied into ``incoming/`` from a
 provisioning bundle or pushed over MQTT (the ``roster`` command). Each is verified
 (``device.manage.roster_file``) and kept encrypted at rest (``device.manage.template_store``);
-templates of
-other sessions are wiped at start, so a gate never holds more than its current session.
+templates of other sessions are wiped at start, so a gate never holds more than its current session.
 """
 
 from __future__ import annotations

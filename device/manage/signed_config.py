@@ -1,10 +1,9 @@
 """Signed device configs: how a config that decides who enters reaches a gate.
 
 A ``device.toml`` that changes a ``signed`` key (``device.manage.config_keys``: thresholds,
-liveness,
-quality, broker address, pin map, room, session, camera, models, outbox bounds) is accepted
-only signed with the centre's roster-signing key (the key every gate already trusts through
-``[keys] roster_public_key``), made by ``gerbang-provision config-push --keys DIR``.
+liveness, quality, broker address, pin map, room, session, camera, models, outbox bounds) is
+accepted only signed with the centre's roster-signing key (the key every gate already trusts
+through ``[keys] roster_public_key``), made by ``gerbang-provision config-push --keys DIR``.
 
 File layout (bytes; ``device.manage.signed_layout``)::
 

@@ -253,14 +253,11 @@ def install_signed_roster(blob: bytes, *, data_dir: Path, storage_key: bytes,
     """Verify a signed roster as received (MQTT or bundle) and keep it in the encrypted store.
 
     Every check of ``device.manage.roster_file.verify_signed_roster`` applies, with the version of
-    the
-    roster already stored as the minimum (no roll-back), or ``min_version`` when higher: the
+    the roster already stored as the minimum (no roll-back), or ``min_version`` when higher: the
     version high-water mark the gate keeps apart from this file (``device.manage.roster_source``),
-    so
-    deleting or damaging the file does not open a roll-back either. A stored file that can no
+    so deleting or damaging the file does not open a roll-back either. A stored file that can no
     longer be opened (replaced key, damage) does not block a verified roster from replacing it.
-    Raises
-    RosterRefused or TemplateStoreError; on success returns the roster now in use.
+    Raises RosterRefused or TemplateStoreError; on success returns the roster now in use.
     """
     _check_key(storage_key)
     current: int | None = None

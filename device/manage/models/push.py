@@ -32,8 +32,7 @@ def _upload_part(data_dir: Path, sha256: str) -> Path:
 
 def receive_chunk(data_dir: Path, body: dict[str, Any]) -> tuple[bytes | None, str]:
     """Store one chunk of a chunked bundle upload (see :mod:`device.manage.chunks`); the parts live
-    in
-    ``<data_dir>/models/upload/``."""
+    in ``<data_dir>/models/upload/``."""
     blob, detail = chunks.receive_chunk(models_root(data_dir) / UPLOAD_DIR, body,
                                         MAX_ARCHIVE_BYTES, SPACE_FACTOR, "upload")
     return blob, "" if blob is not None else detail
