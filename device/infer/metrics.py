@@ -5,6 +5,9 @@ A FAR is only reported when there are enough impostor pairs to measure it: at le
 ``MIN_IMPOSTORS_PER_FAR / far`` pairs (5 impostor scores above the threshold, so the threshold is
 set by more than one or two outliers), otherwise the entry says it is unsupported rather than
 printing a number that means nothing.
+
+A rate measured at a fixed threshold (the shipped one) comes with intervals: the exact binomial
+one and a bootstrap over people (see the section below for which and why).
 """
 
 from __future__ import annotations

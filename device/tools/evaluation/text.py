@@ -66,8 +66,12 @@ def shipped_lines(shipped: dict[str, Any]) -> list[str]:
     if not shipped["available"]:
         return [f"  shipped thresholds: none ({shipped['reason']})"]
     cal = shipped["calibration"]
-    lines = [f"  at the shipped thresholds (calibrated {cal['date']} on {cal['dataset']}, "
-             f"{cal['enroll']}-photo templates; a gate accepts score >= threshold):"]
+    where = (f"at the thresholds of {cal['source']} (not the bundle's)" if cal.get("source")
+             else "at the shipped thresholds")
+    dataset = f"on {cal['dataset']}" if cal.get("dataset") else "on an unnamed set"
+    fitted = f"{cal['date']} {dataset}" if cal.get("date") else dataset
+    lines = [f"  {where} (calibrated {fitted}, {cal['enroll']}-photo "
+             "templates; a gate accepts score >= threshold):"]
     if "note" in shipped:
         lines.append(f"    note: {shipped['note']}")
     lines.append(f"    intervals {shipped['interval']}")
