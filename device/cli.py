@@ -113,17 +113,30 @@ def _default_faces() -> Path | None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from device.config import QualityConfig
     from device.infer.pipeline import FacePipeline
-    from device.tools.evaluation import evaluate
+    from device.tools.evaluation import evaluate, read_groups
+    from device.tools.evaluation.text import format_report
 
     if args.calibrate and not args.enroll:
         raise ConfigError("--calibrate needs --enroll K (thresholds come from the gate protocol)")
+    try:
+        groups = read_groups(args.groups) if args.groups else None
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"--groups: {exc}") from None
     bundle = load_bundle(args.bundle)
+    calibration = (read_calibration(args.calibration) if args.calibration
+                   else bundle.manifest.get("calibration"))
     pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
     pipeline.flip_average = args.flip
-    report = evaluate(pipeline, args.folder, QualityConfig(), enroll=args.enroll,
-                      limit_people=args.limit_people, show_progress=not args.json)
+    try:
+        report = evaluate(pipeline, args.folders, QualityConfig(), enroll=args.enroll,
+                          limit_people=args.limit_people, show_progress=not args.json,
+                          calibration=calibration, groups=groups)
+    except ValueError as exc:  # pooled sets with one name, a groups file that matches nobody
+        raise ConfigError(str(exc)) from None
+    if args.calibration and report["shipped"]["available"]:
+        report["shipped"]["calibration"]["source"] = str(args.calibration)
     if args.calibrate:
-        write_calibration(bundle.directory, report, args.folder)
+        write_calibration(bundle.directory, report, args.folders)
     if args.json:
         print(json.dumps(report))
     else:
@@ -131,7 +144,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_calibration(bundle_dir: Path, report: dict, folder: Path) -> None:
+def read_calibration(path: Path) -> dict:
+    """A calibration to evaluate instead of the bundle's: a manifest.json (its ``calibration``)
+    or a JSON object in that format (``thresholds`` per score kind and FAR, ``protocol``...)."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--calibration {path}: {exc}") from None
+    calibration = document.get("calibration", document) if isinstance(document, dict) else None
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("thresholds"), dict):
+        raise ConfigError(f"--calibration {path}: no `thresholds` (score kind → FAR → threshold)")
+    return calibration
+
+
+def write_calibration(bundle_dir: Path, report: dict, folders: list[Path]) -> None:
     """Record the measured thresholds (per score kind and FAR) in the bundle's manifest."""
     import datetime
 
@@ -146,7 +172,8 @@ def write_calibration(bundle_dir: Path, report: dict, folder: Path) -> None:
         tars[kind] = {far: round(r["tar"], 4) for far, r in supported.items()}
     manifest["calibration"] = {
         "date": datetime.date.today().isoformat(),
-        "dataset": f"{folder.name} ({report['people']} people, {report['images']} images)",
+        "dataset": f"{'+'.join(f.name for f in folders)} ({report['people']} people, "
+                   f"{report['images']} images)",
         "protocol": f"gate: templates from {report['enroll']} photos (flip-averaged), probes "
                     "the rest through the default quality gate",
         "fta": round(report["fta"], 4), "thresholds": thresholds, "tar": tars,
@@ -154,24 +181,6 @@ def write_calibration(bundle_dir: Path, report: dict, folder: Path) -> None:
     # Atomic: a gate or test reading the manifest meanwhile sees the old or the new one whole.
     write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
     log.info("calibration written to %s: %s", manifest_path, thresholds)
-
-
-def format_report(report: dict) -> str:
-    """The eval report as a few readable lines."""
-    lines = [f"{report['dataset']}: {report['people']} people, {report['images']} images, "
-             f"protocol {report['protocol']}"]
-    if report["protocol"] == "gate":
-        lines.append(f"  enrolled {report['people_enrolled']} (failed {report['failures_to_enrol']}"
-                     f"), probes {report['probes']}, FTA {report['fta']:.2%} "
-                     f"{report['fta_reasons']}, scores {report['score']}")
-    else:
-        lines.append(f"  failures to detect {report['failures_to_detect']}")
-    lines.append(f"  pairs genuine {report['genuine_pairs']} impostor {report['impostor_pairs']}"
-                 f"  AUC {report['auc']:.5f}  EER {report['eer']:.4f}")
-    for far, r in report["tar_at_far"].items():
-        lines.append(f"  FAR {far}: TAR {r['tar']:.4f} at threshold {r['threshold']:.4f}"
-                     if r["supported"] else f"  FAR {far}: not measurable ({r['reason']})")
-    return "\n".join(lines)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -304,14 +313,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval", help="measure verification accuracy on a folder of <person>/<image>",
         description="Run this device's pipeline on every photo and report AUC, EER and TAR at "
-                    "FAR 1e-2/1e-3/1e-4 with thresholds. Default protocol: every image against "
-                    "every other. --enroll K: the gate protocol (templates from K photos, the "
-                    "rest are probes through the quality gate; refusals reported as FTA).")
-    ev.add_argument("folder", type=Path, help="folder of <person>/<image> photos")
+                    "FAR 1e-2/1e-3/1e-4 with thresholds re-fitted on the set, and TAR and FAR "
+                    "(95%% intervals) at the thresholds the bundle ships with. Default protocol: "
+                    "every image against every other. --enroll K: the gate protocol (templates "
+                    "from K photos, the rest are probes through the quality gate; refusals "
+                    "reported as FTA); the shipped calibration used K = 3. Several folders are "
+                    "pooled as one population, person ids <set>/<person>.")
+    ev.add_argument("folders", type=Path, nargs="+", metavar="folder",
+                    help="folder of <person>/<image> photos (several: pooled)")
     ev.add_argument("--enroll", type=int, default=None, metavar="K",
                     help="gate protocol with K enrollment photos per person")
+    ev.add_argument("--groups", type=Path, default=None, metavar="FILE",
+                    help="CSV (person,<attribute>...) or TOML ([people] person = label): "
+                         "report per group and between groups; people not in it: 'unlabelled'")
+    ev.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                    help="judge at this calibration's thresholds (a manifest.json or its "
+                         "`calibration` object) instead of the bundle's: check before shipping")
     ev.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    ev.add_argument("--limit-people", type=int, default=None, help="use only the first N people")
+    ev.add_argument("--limit-people", type=int, default=None,
+                    help="use only the first N people (of each pooled folder)")
     ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--flip", action="store_true",
                     help="flip-average probes too (match.flip_average)")
