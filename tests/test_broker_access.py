@@ -15,40 +15,27 @@ first test shows the old behaviour on the old code too).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import os
-import shlex
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_pki_broker import MOSQUITTO, NOT_AUTHORIZED, TIMEOUT, Probe, TLSBroker, event_payload
+from test_pki_broker import MOSQUITTO, NOT_AUTHORIZED, TIMEOUT, Probe, event_payload
+from tlscentre import run_cli, start_tls_centre
 from waiting import wait_until
 
 from gateway.ingest import Ingest
 from gateway.store import open_store
 from gerbang import wire
-from gerbang.broker import MosquittoBroker, free_port
+from gerbang.broker import MosquittoBroker
 from gerbang.config import BrokerConfig
-from provisioning.cli import main as provision
 
 CENTRE = "c01"
 GATE_A, GATE_B, THIEF = "c01-r01-a", "c01-r02-a", "c01-r03-a"
 GROUP = "gerbang-ingest"  # the default share group of the gateway's ingest workers
 COMMAND_LIMIT = 16 * 1024 * 1024  # device.uplink.commands.MAX_COMMAND_BYTES
-
-
-def run_cli(*argv: object) -> str:
-    """A `gerbang-provision` command in-process; its stdout, after asserting exit 0."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = provision([str(a) for a in argv])
-    assert code == 0, f"gerbang-provision {shlex.join(map(str, argv))} exited {code}"
-    return out.getvalue()
 
 
 class Centre(SimpleNamespace):
@@ -78,20 +65,8 @@ class Centre(SimpleNamespace):
 
 @pytest.fixture(scope="module")
 def centre(tmp_path_factory):
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     root = tmp_path_factory.mktemp("access")
-    cdir = root / "centre"
-    port = free_port()
-    run_cli("ca", "create", "--centre", CENTRE, "--centre-dir", cdir, "--broker-host",
-            "127.0.0.1", "--broker-port", port)
-    for n, device in enumerate((GATE_A, GATE_B, THIEF), 1):
-        run_cli("device", "add", device, "--room", f"R0{n}", "--centre-dir", cdir)
-    run_cli("gateway-cert", "--centre-dir", cdir)
-    user = ["--user", "root"] if os.geteuid() == 0 else []
-    run_cli("broker-config", "--centre-dir", cdir, "--out", root / "broker", "--bind",
-            "127.0.0.1", *user)
-    broker = TLSBroker(root / "broker" / "mosquitto.conf", port, root / "broker.log").start()
+    cdir, broker = start_tls_centre(root, CENTRE, (GATE_A, GATE_B, THIEF))
     yield Centre(root=root, dir=cdir, broker=broker, made=[])
     broker.stop()
 

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -32,13 +31,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_pki_broker import MOSQUITTO, TIMEOUT, Probe, TLSBroker, event_payload
+from test_pki_broker import TIMEOUT, Probe, event_payload
+from tlscentre import run_cli, start_tls_centre
 from waiting import wait_until
 
 from gateway.ingest import Ingest
 from gateway.store import open_store
 from gerbang import wire
-from gerbang.broker import free_port
 from gerbang.config import BrokerConfig
 from provisioning import pki
 from provisioning.cli import main as provision
@@ -47,14 +46,6 @@ CENTRE = "c01"
 GATE_A, GATE_B, GATE_C = "c01-r01-a", "c01-r02-a", "c01-r03-a"
 GROUP = "gerbang-ingest"
 TAKEOVER = "Client {cn} already connected, closing old connection."  # Mosquitto 2.0.11's log
-
-
-def run_cli(*argv: object) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = provision([str(a) for a in argv])
-    assert code == 0, f"gerbang-provision {shlex.join(map(str, argv))} exited {code}"
-    return out.getvalue()
 
 
 class Centre(SimpleNamespace):
@@ -103,20 +94,8 @@ class Centre(SimpleNamespace):
 
 @pytest.fixture(scope="module")
 def centre(tmp_path_factory):
-    if not Path(MOSQUITTO).exists():
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     root = tmp_path_factory.mktemp("identity")
-    cdir = root / "centre"
-    port = free_port()
-    run_cli("ca", "create", "--centre", CENTRE, "--centre-dir", cdir, "--broker-host",
-            "127.0.0.1", "--broker-port", port)
-    for n, device in enumerate((GATE_A, GATE_B, GATE_C), 1):
-        run_cli("device", "add", device, "--room", f"R0{n}", "--centre-dir", cdir)
-    run_cli("gateway-cert", "--centre-dir", cdir)
-    user = ["--user", "root"] if os.geteuid() == 0 else []
-    run_cli("broker-config", "--centre-dir", cdir, "--out", root / "broker", "--bind",
-            "127.0.0.1", *user)
-    broker = TLSBroker(root / "broker" / "mosquitto.conf", port, root / "broker.log").start()
+    cdir, broker = start_tls_centre(root, CENTRE, (GATE_A, GATE_B, GATE_C))
     yield Centre(root=root, dir=cdir, broker=broker, made=[])
     broker.stop()
 
