@@ -7,7 +7,8 @@ each labelled action (detected if it passes between the action's start and ``LEA
 its end), and back to back over the whole clip (false actions per minute). Turns are asked in
 the direction of the labels read as mirrored views (``--mirror``, see docs/liveness.md) unless
 ``--as-shipped``. Used to choose the challenge's thresholds from data; prints one line per
-setting.
+setting. With the mirror a row reads ``turn_left (vs turn_right)``: the detector asked
+``turn_left``, scored against turns labelled to the person's own right.
 """
 
 from __future__ import annotations
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         setting = {k: v for k, v in row.items() if k not in (
             "action", "detected", "labelled", "false", "minutes", "false_per_minute")}
         rate = row["detected"] / row["labelled"] if row["labelled"] else float("nan")
-        print(f"{row['action']:<10} {setting}  detected {row['detected']}/{row['labelled']} "
+        scored = MIRRORED.get(row["action"], row["action"]) if not args.as_shipped \
+            else row["action"]
+        asked = row["action"] if scored == row["action"] else f"{row['action']} (vs {scored})"
+        print(f"{asked:<10} {setting}  detected {row['detected']}/{row['labelled']} "
               f"({100 * rate:.0f}%)  false {row['false']} in {row['minutes']} min "
               f"= {row['false_per_minute']}/min")
     return 0
