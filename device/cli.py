@@ -375,8 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "classifier alone, APCER and BPCER at the shipped threshold. --faces DIR: "
                     "the whole liveness step (random challenge, 3-D check, passive) on photo "
                     "attacks synthesized from one photo per person (still, moved, bent), "
-                    "APCER per attack. Bona fide sequences need real people: see "
-                    "docs/liveness.md for the field test protocol.")
+                    "APCER per attack. --video DIR: real clips (bona_fide/, attack/) "
+                    "labelled in device/tools/video_labels.toml, frame by frame through the "
+                    "gate's liveness step: passive BPCER per frame, each labelled action "
+                    "detected or not, the 3-D verdict on turns, the gate's decision, false "
+                    "actions per minute (docs/liveness.md, \"On real video\").")
     pad.add_argument("--live", type=Path, help="folder of bona fide face images")
     pad.add_argument("--spoof", type=Path, help="folder of attack images (sub-folder = type)")
     pad.add_argument("--faces", type=Path, help="<person>/<image> folder to synthesize "
