@@ -216,6 +216,19 @@ def _cmd_pad_eval(args: argparse.Namespace) -> int:
     pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
     passive = PassiveLiveness.from_json(bundle=bundle, threads=args.threads)
     show = not args.json
+    if args.video:
+        from device.tools.video_clips import DEFAULT_LABELS, load_labels
+        from device.tools.video_eval import evaluate_videos
+        from device.tools.video_report import format_video
+
+        if not args.video.is_dir():
+            raise FileNotFoundError(f"no video folder at {args.video}")
+        check = default_check(passive, LivenessConfig(passive=not args.no_passive))
+        result = evaluate_videos(args.video, pipeline, passive, check,
+                                 load_labels(args.labels or DEFAULT_LABELS), args.max_frames,
+                                 args.clip, args.mirror, show_progress=show)
+        print(json.dumps(result) if args.json else format_video(result))
+        return 0
     if args.faces:
         photos = [sorted(p for p in person.iterdir() if p.is_file())[0]
                   for person in sorted(args.faces.iterdir()) if person.is_dir()]
@@ -362,17 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "classifier alone, APCER and BPCER at the shipped threshold. --faces DIR: "
                     "the whole liveness step (random challenge, 3-D check, passive) on photo "
                     "attacks synthesized from one photo per person (still, moved, bent), "
-                    "APCER per attack. Bona fide sequences need real people: see "
-                    "docs/liveness.md for the field test protocol.")
+                    "APCER per attack. --video DIR: real clips (bona_fide/, attack/) "
+                    "labelled in device/tools/video_labels.toml, frame by frame through the "
+                    "gate's liveness step: passive BPCER per frame, each labelled action "
+                    "detected or not, the 3-D verdict on turns, the gate's decision, false "
+                    "actions per minute (docs/liveness.md, \"On real video\").")
     pad.add_argument("--live", type=Path, help="folder of bona fide face images")
     pad.add_argument("--spoof", type=Path, help="folder of attack images (sub-folder = type)")
     pad.add_argument("--faces", type=Path, help="<person>/<image> folder to synthesize "
                                                 "photo-attack sequences from")
+    pad.add_argument("--video", type=Path, help="folder of real clips (bona_fide/, attack/): "
+                                                "the whole liveness step frame by frame")
+    pad.add_argument("--labels", type=Path, default=None,
+                     help="--video: label file (default device/tools/video_labels.toml)")
+    pad.add_argument("--clip", action="append", default=None,
+                     help="--video: only clips whose path contains this (repeatable)")
+    pad.add_argument("--max-frames", type=int, default=None,
+                     help="--video: only the first N frames of each clip")
+    pad.add_argument("--mirror", action="store_true",
+                     help="--video: read the clips as mirrored views (a labelled turn to the "
+                          "person's left is asked as turn_right)")
     pad.add_argument("--limit", type=int, default=None, help="at most N images/photos each")
     pad.add_argument("--fps", type=float, default=15.0, help="camera rate for sequences")
     pad.add_argument("--seed", type=int, default=0)
     pad.add_argument("--no-passive", action="store_true",
-                     help="sequences: judge without the passive classifier")
+                     help="sequences, --video: judge without the passive classifier (--video "
+                          "still scores every frame)")
     pad.add_argument("--threads", type=int, default=2)
     pad.add_argument("--json", action="store_true", help="one JSON object on one line")
     pad.add_argument("--bundle", type=Path, default=None, help="model bundle directory")

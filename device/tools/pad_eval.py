@@ -9,6 +9,8 @@ Two protocols:
 - **sequences** (``--faces DIR``): the whole liveness step (challenge, 3-D consistency,
   passive) on attacks synthesized from real photos (``pad_sequences``): still, moved, bent.
   Only APCER: bona fide sequences need real people (docs/liveness.md, field test protocol).
+- **video** (``--video DIR``): real clips, labelled in ``video_labels.toml``, through the gate's
+  own liveness step frame by frame (``video_clips``, ``video_eval``, ``video_report``).
 
 A failure to find a face counts against the attacker only if the gate would still refuse: an
 attack image with no detectable face is not an accepted attack; a bona fide image with none is
