@@ -21,7 +21,7 @@ from device.infer.challenge import (
     ChallengeConfig,
     eye_aspect_ratio,
 )
-from device.infer.landmarks import Mesh
+from device.infer.landmarks import NOSE_TIP, Mesh
 from device.tools.pad_eval import default_check, run_liveness_step
 from device.tools.pad_sequences import ATTACKS, attack_frames
 
@@ -66,10 +66,10 @@ def head_motion(points, action, frames, start, rng, sigma=1.0):
         phase = np.sin(np.pi * min(max(i - start, 0), moving) / moving) if i >= start else 0.0
         if action == "blink":
             p = close_eyes(points, 0.9 * phase)
-        elif action == "turn_left":
-            p = rotate(points, yaw=25 * phase)
-        elif action == "turn_right":
+        elif action == "turn_left":  # the person's own left: the nose to the image's right
             p = rotate(points, yaw=-25 * phase)
+        elif action == "turn_right":
+            p = rotate(points, yaw=25 * phase)
         elif action == "nod":
             p = rotate(points, pitch=18 * phase)
         else:  # "none": a still head (or a photo)
@@ -88,10 +88,23 @@ def run(challenge, meshes, embeddings):
     return challenge.observe(None, None, challenge.started_at + 100)
 
 
-def test_sign_convention_turning_left_raises_yaw(face):
+def test_sign_convention_the_nose_to_the_image_left_raises_yaw(face):
     points, _, _ = face
     yaw0 = Mesh(points, 1.0).pose_deg()[0]
-    assert Mesh(rotate(points, yaw=20), 1.0).pose_deg()[0] > yaw0 + 15
+    turned = rotate(points, yaw=20)
+    assert turned[NOSE_TIP, 0] < points[NOSE_TIP, 0] - 5  # the nose went to the image's left
+    assert Mesh(turned, 1.0).pose_deg()[0] > yaw0 + 15
+    # On the gate's unmirrored camera that is the person turning to their own right: a turn to
+    # the right answers turn_right, and the same movement answers turn_left as the wrong way.
+    config = ChallengeConfig(actions=("turn_left", "turn_right"))
+    rng = np.random.default_rng(5)
+    emb = face[1]
+    right = run(Challenge(action="turn_right", started_at=0.0, config=config),
+                head_motion(points, "turn_right", 60, 10, rng), [emb] * 60)
+    assert right.state == "passed", right
+    wrong = run(Challenge(action="turn_left", started_at=0.0, config=config),
+                head_motion(points, "turn_right", 60, 10, rng), [emb] * 60)
+    assert (wrong.state, wrong.reason) == ("failed", "wrong_action"), wrong
     assert eye_aspect_ratio(Mesh(close_eyes(points, 0.9), 1.0)) < \
         0.3 * eye_aspect_ratio(Mesh(points, 1.0))
 

@@ -104,7 +104,8 @@ def test_a_real_turn_passes_and_the_door_opens(loop, pipeline):
     rng = np.random.default_rng(0)
     verdict = None
     for i in range(1, 30):
-        points = turned(25 * np.sin(np.pi * min(i, 9) / 18)) if i > 5 else base
+        # turn_left: the person's own left, the nose to the image's right (negative rotation)
+        points = turned(-25 * np.sin(np.pi * min(i, 9) / 18)) if i > 5 else base
         points = points + np.column_stack([rng.normal(0, 0.7, (468, 2)), np.zeros(468)])
         mesh = type(first.mesh)(points=points, presence=1.0)
         reading = FaceReading(faces=first.faces, subject=first.subject,

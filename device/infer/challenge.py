@@ -159,7 +159,10 @@ class Challenge:
             self._baseline.append((ear, yaw, pitch))
             return self.result
         base_ear, base_yaw, base_pitch = np.median(np.array(self._baseline), axis=0)
-        turned = yaw - base_yaw  # positive: the subject turned to their left
+        # Positive: the subject turned to their own left. The gate's camera is not mirrored, so
+        # their left is the image's right, where the nose goes as pose_deg's yaw falls
+        # (measured on the labelled real turns of ../shared/data/video, docs/liveness.md).
+        turned = base_yaw - yaw
         if self.action == "blink":
             if ear < self.config.blink_closed * base_ear:
                 self._closed_run += 1

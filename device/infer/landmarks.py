@@ -44,7 +44,8 @@ class Mesh:
         """Approximate (yaw, pitch, roll) in degrees from the mesh's 3-D landmarks.
 
         Yaw from the depth difference across the cheeks, pitch from forehead to chin, roll from
-        the eye line. Positive yaw: the subject turned to their left (image right).
+        the eye line. Positive yaw: the nose moved toward the image's left, which on an
+        unmirrored camera (the gate's) is the subject turning to their own right.
         """
         p = self.points
         across = p[CHEEK_LEFT] - p[CHEEK_RIGHT]
