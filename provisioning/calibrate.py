@@ -18,7 +18,7 @@ each applicant's photo embeddings (``provisioning.enroll``, kept with ``roster
   confidence bound and the expected TAR (``provisioning.calibration_stats``).
 
 The block is written into the rosters the technician signs (``device.decide.calibration``);
-the gate then judges by it. Room guard: ``provisioning.room_guard``.
+the gate then judges by it. Room guard: ``provisioning.calibration_check``.
 """
 
 from __future__ import annotations
@@ -183,6 +183,38 @@ def pair_scores(people: Mapping[str, np.ndarray], template_photos: int = 3,
     return result
 
 
+def template_pair_reference(people: Mapping[str, np.ndarray], template_photos: int = 3,
+                            exclude: Iterable[tuple[str, str]] = (), far: float = 1e-3,
+                            ) -> dict[str, Any] | None:
+    """What the room guard compares a room with: the threshold at ``far`` of this population's
+    **template-against-template** scores (each pair of applicants once; T-norm with every
+    template as the cohort, as a gate with the session cohort computes it). A room holds only
+    templates, whose pair scores run higher than a live photo's against a template, so the room
+    is checked against this and not against the gate's thresholds. None when the population
+    has too few pairs for ``far``."""
+    ids = sorted(people)
+    templates = np.stack([mean_template(np.asarray(people[a])[:template_photos]) for a in ids])
+    index = {a: i for i, a in enumerate(ids)}
+    banned = np.tril(np.ones((len(ids), len(ids)), dtype=bool))
+    for a, b in exclude:
+        if a in index and b in index:
+            banned[min(index[a], index[b]), max(index[a], index[b])] = True
+    total = int((~banned).sum())
+    tops = {k: TopScores(math.floor(far * total + 1e-9) + 2) for k in KINDS}
+    for start in range(0, len(ids), BLOCK):
+        cosine = templates[start:start + BLOCK] @ templates.T
+        mean = cosine.mean(axis=1, keepdims=True)
+        spread = np.maximum(cosine.std(axis=1, keepdims=True), 1e-6)
+        valid = ~banned[start:start + BLOCK]
+        tops["cosine"].add(cosine[valid])
+        tops["tnorm"].add(((cosine - mean) / spread)[valid])
+    fits = {k: fit_threshold(tops[k].sorted(), total, far) for k in KINDS}
+    if any(f is None for f in fits.values()):
+        return None
+    return {"far": far, "pairs": total,
+            **{k: f.threshold for k, f in fits.items() if f is not None}}
+
+
 # --- the calibration block -------------------------------------------------------------------
 
 def duplicate_pairs(people: Mapping[str, np.ndarray], threshold: float,
@@ -258,23 +290,27 @@ def refuse_looser(calibration: Calibration, shipped: Mapping[str, Mapping[str, f
     return looser
 
 
-def save_calibration(calibration: Calibration, report: dict[str, Any], path: Path) -> Path:
+def save_calibration(calibration: Calibration, report: dict[str, Any], path: Path,
+                     room_check: dict[str, Any] | None = None) -> Path:
     """The calibration file that ``roster --calibration`` / ``roster-sign --calibration``
-    embed: {"calibration": block, "report": counts}. No face data in it."""
+    embed: {"calibration": block, "room_check": reference for the room guard
+    (``template_pair_reference``), "report": counts}. No face data in it."""
     import json
 
     write_atomic(Path(path), json.dumps({"calibration": calibration.to_dict(),
-                                         "report": report}, indent=1).encode(), mode=0o644)
+                                         "room_check": room_check, "report": report},
+                                        indent=1).encode(), mode=0o644)
     return Path(path)
 
 
-def load_calibration(path: Path) -> Calibration:
-    """Read a calibration file (``save_calibration``); CalibrationRefused naming the problem."""
+def load_calibration(path: Path) -> tuple[Calibration, dict[str, Any] | None]:
+    """Read a calibration file (``save_calibration``): (block, room-check reference or None);
+    CalibrationRefused naming the problem."""
     import json
 
     try:
         data = json.loads(Path(path).read_text())
-        return calibration_from_dict(data["calibration"])
+        return calibration_from_dict(data["calibration"]), data.get("room_check")
     except FileNotFoundError:
         raise CalibrationRefused(f"calibration file {path} does not exist (make it with "
                                  "`gerbang-provision calibrate`)") from None

@@ -23,6 +23,7 @@ from provisioning.calibrate import (
     pair_scores,
     refuse_looser,
     save_photo_embeddings,
+    template_pair_reference,
 )
 from provisioning.calibration_check import measure_at, room_guard
 from provisioning.calibration_stats import (
@@ -166,16 +167,25 @@ def roster_of(people: dict[str, np.ndarray], room: str = "R01") -> Roster:
     return Roster("S1", room, 1, entries, embedder_sha256=EMBEDDER)
 
 
+def calibrated_population():
+    people = population(400, 4, 0.6, seed=10)
+    calibration, _ = build_calibration(pair_scores(people, 3, show_progress=False), "syn",
+                                       EMBEDDER)
+    return calibration, template_pair_reference(people, 3)
+
+
 def test_a_room_more_alike_than_promised_gets_a_stricter_guard():
-    calibration, _ = build_calibration(
-        pair_scores(population(400, 4, 0.6, seed=10), 3, show_progress=False), "syn", EMBEDDER)
-    normal, report = room_guard(roster_of(population(40, 3, 0.6, seed=11)), calibration)
+    calibration, reference = calibrated_population()
+    assert reference["pairs"] == 400 * 399 // 2 and reference["far"] == 1e-3
+    normal, report = room_guard(roster_of(population(40, 3, 0.6, seed=11)), calibration,
+                                reference)
     assert normal is None and report["kinds"]["cosine"]["pairs"] == 780
     base = np.random.default_rng(12).standard_normal(64) * 0.8
     alike = roster_of(population(40, 3, 0.6, seed=13, base=base), room="R07")
-    guard, report = room_guard(alike, calibration)
+    guard, report = room_guard(alike, calibration, reference)
     assert guard is not None and report["kinds"]["cosine"]["heavy"]
-    assert guard.cosine > calibration.threshold("cosine", 1e-3)
+    assert guard.cosine > max(calibration.thresholds["cosine"].values())
+    assert guard.tnorm is None  # no session cohort in this roster: T-norm not measured
     assert guard.reason.startswith("room R07: ")
     guarded = calibration.with_guard(guard)
     assert guarded.guarded("cosine", 1e-4)[0] == max(guard.cosine,
@@ -246,16 +256,21 @@ def test_signing_a_room_with_a_heavy_tail_warns_by_name_and_writes_its_guard(cap
 
     from provisioning.cli.calibrate import with_calibration
 
-    calibration, _ = build_calibration(
-        pair_scores(population(400, 4, 0.6, seed=10), 3, show_progress=False), "syn", EMBEDDER)
+    calibration, reference = calibrated_population()
     base = np.random.default_rng(12).standard_normal(64) * 0.8
     alike = roster_of(population(40, 3, 0.6, seed=13, base=base), room="R07")
     with caplog.at_level(logging.WARNING):
-        guarded, report = with_calibration(alike, calibration)
+        guarded, report = with_calibration(alike, calibration, reference, None)
     assert "ROOM GUARD R07" in caplog.text and report["kinds"]["cosine"]["heavy"]
     assert guarded.calibration.room_guard.cosine > calibration.threshold("cosine", 1e-3)
-    plain, _ = with_calibration(roster_of(population(40, 3, 0.6, seed=11)), calibration)
+    plain, _ = with_calibration(roster_of(population(40, 3, 0.6, seed=11)), calibration,
+                                reference, None)
     assert plain.calibration.room_guard is None
+    # a flagged duplicate pair (one person under two ids) is for a human, not for the guard
+    twice = roster_of({**population(39, 3, 0.6, seed=11), "Z": population(1, 3, 0.6, 11)[
+        "P11-0000"]})
+    _, report = with_calibration(twice, calibration, reference, 0.9)
+    assert report["flagged_pairs_left_out"] == 1 and not report["kinds"]["cosine"]["heavy"]
     with pytest.raises(CalibrationRefused, match="same model bundle"):
         with_calibration(Roster("S1", "R01", 1, alike.entries, embedder_sha256="cd" * 32),
-                         calibration)
+                         calibration, reference, None)

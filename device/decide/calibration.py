@@ -10,7 +10,7 @@ be changed on the way. The shape (every FAR key as ``device.infer.metrics.far_ke
      "embedder_sha256": "…", "people": 2400, "impostor_pairs": 17000000, "genuine_pairs": 7200,
      "thresholds":         {"cosine": {"1e-2": x, "1e-3": y, "1e-4": z}, "tnorm": {…}},
      "threshold_upper_ci": {same shape},  "expected_tar": {same shape},
-     "room_guard": {"cosine": x, "tnorm": y, "reason": "…"}}          (optional)
+     "room_guard": {"cosine": x, "tnorm": y, "reason": "…"}}    (optional; either kind)
 
 Parsing is strict: any missing or mistyped field is a RosterError naming it.
 """
@@ -40,15 +40,16 @@ class CalibrationError(ValueError):
 class RoomGuard:
     """A stricter threshold for one room whose own impostor tail was heavier than promised."""
 
-    cosine: float
-    tnorm: float | None
+    cosine: float | None
+    tnorm: float | None  # None: that kind's tail was as promised (or could not be measured)
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (``tnorm`` omitted when the room has no cohort to measure it with)."""
-        data: dict[str, Any] = {"cosine": self.cosine, "reason": self.reason}
-        if self.tnorm is not None:
-            data["tnorm"] = self.tnorm
+        """JSON form (a kind without a guard is omitted)."""
+        data: dict[str, Any] = {"reason": self.reason}
+        for kind in SCORE_KINDS:
+            if getattr(self, kind) is not None:
+                data[kind] = getattr(self, kind)
         return data
 
 
@@ -177,13 +178,17 @@ def calibration_from_dict(data: Any, embedder_sha256: str | None = None) -> Cali
     if data.get("room_guard") is not None:
         raw = data["room_guard"]
         if not isinstance(raw, dict) or set(raw) - {"cosine", "tnorm", "reason"}:
-            raise _fail("room_guard", "must be {cosine, tnorm (optional), reason}")
-        lo, hi = SCORE_RANGE["cosine"]
-        cosine = _number(raw.get("cosine"), "room_guard.cosine")
-        if not lo <= cosine <= hi:
-            raise _fail("room_guard.cosine", f"{cosine} is outside [{lo}, {hi}]")
-        tnorm = None if raw.get("tnorm") is None else _number(raw["tnorm"], "room_guard.tnorm")
-        guard = RoomGuard(cosine, tnorm, _text(raw, "reason", "room_guard."))
+            raise _fail("room_guard", "must be {cosine and/or tnorm, reason}")
+        values: dict[str, float | None] = {}
+        for kind in SCORE_KINDS:
+            field = f"room_guard.{kind}"
+            values[kind] = None if raw.get(kind) is None else _number(raw[kind], field)
+            lo, hi = SCORE_RANGE[kind]
+            if values[kind] is not None and not lo <= values[kind] <= hi:  # type: ignore[operator]
+                raise _fail(field, f"{values[kind]} is outside [{lo}, {hi}]")
+        if values["cosine"] is None and values["tnorm"] is None:
+            raise _fail("room_guard", "names no threshold (cosine or tnorm)")
+        guard = RoomGuard(values["cosine"], values["tnorm"], _text(raw, "reason", "room_guard."))
     return Calibration(
         source=_text(data, "source"), created=created, embedder_sha256=embedder,
         people=_count(data, "people", 2), impostor_pairs=_count(data, "impostor_pairs", 1),

@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("provision")
 
 
-def with_calibration(roster: Roster, calibration: Calibration) -> tuple[Roster, dict[str, Any]]:
+def with_calibration(roster: Roster, calibration: Calibration,
+                     reference: dict[str, Any] | None,
+                     duplicate_threshold: float | None) -> tuple[Roster, dict[str, Any]]:
     """``roster`` carrying ``calibration``, with a room guard when the room's own impostor tail
-    is heavier than the calibration promised (warned, naming the room)."""
+    is heavier than the calibration population's (``reference``, from the calibration file;
+    warned, naming the room)."""
     from provisioning.calibrate import CalibrationRefused
     from provisioning.calibration_check import room_guard
 
@@ -32,12 +35,17 @@ def with_calibration(roster: Roster, calibration: Calibration) -> tuple[Roster, 
             f"calibration {calibration.source} was measured with embedder "
             f"{calibration.embedder_sha256[:16]}…, roster {roster.room}'s templates with "
             f"{roster.embedder_sha256[:16]}…: calibrate with the same model bundle")
-    guard, report = room_guard(roster, calibration.with_guard(None))
+    guard, report = room_guard(roster, calibration.with_guard(None), reference,
+                               duplicate_threshold)
+    if "skipped" in report:
+        log.warning("room %s not checked against the calibration: %s", roster.room,
+                    report["skipped"])
     if guard is not None:
+        stricter = ", ".join(f"{k} {getattr(guard, k):.4f}" for k in ("cosine", "tnorm")
+                             if getattr(guard, k) is not None)
         log.warning("ROOM GUARD %s: its own applicants' faces are more alike than the "
-                    "calibration promised (%s); its gates will use the stricter threshold "
-                    "%.4f (cosine)%s", roster.room, guard.reason, guard.cosine,
-                    "" if guard.tnorm is None else f" / {guard.tnorm:.4f} (T-norm)")
+                    "calibration promised (%s); its gates will use at least %s",
+                    roster.room, guard.reason, stricter)
     return replace(roster, calibration=calibration.with_guard(guard)), report
 
 
@@ -98,6 +106,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         refuse_looser,
         save_calibration,
         save_photo_embeddings,
+        template_pair_reference,
     )
     from provisioning.calibration_check import measure_at
 
@@ -144,7 +153,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     result: dict[str, Any] = {"calibration": calibration.to_dict(), "report": report}
     if args.out:
-        save_calibration(calibration, report, args.out)
+        reference = template_pair_reference(people, args.photos, excluded)
+        if reference is None:
+            log.warning("too few applicants for the room check (%d template pairs; 5,000 "
+                        "needed): rooms signed with this calibration get no room guard",
+                        len(people) * (len(people) - 1) // 2)
+        save_calibration(calibration, report, args.out, reference)
         result["out"] = str(args.out)
     if test_people is not None:
         test, lines = measure_at(calibration, test_people, args.photos)

@@ -22,11 +22,11 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
 
     keys = load_roster_keys(args.keys) if args.keys else None  # fail before the slow part
-    calibration = None
+    calibration, reference = None, None
     if args.calibration:
         from provisioning.calibrate import load_calibration
 
-        calibration = load_calibration(args.calibration)
+        calibration, reference = load_calibration(args.calibration)
     if args.signed_out and not keys:
         log.error("--signed-out needs --keys (the centre's roster key folder)")
         return 2
@@ -66,7 +66,8 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     if calibration is not None:
         from provisioning.cli.calibrate import with_calibration
 
-        roster, guard_report = with_calibration(roster, calibration)
+        roster, guard_report = with_calibration(
+            roster, calibration, reference, calibrated_threshold(bundle, "cosine", 1e-4))
     if args.embeddings_out:
         from provisioning.calibrate import save_photo_embeddings
 
@@ -134,16 +135,17 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
 def _cmd_roster_sign(args: argparse.Namespace) -> int:
     from device.decide.roster import load_roster
-    from device.infer.bundle import load_bundle
+    from device.infer.bundle import calibrated_threshold, load_bundle
     from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
 
     keys = load_roster_keys(args.keys)
-    embedder = load_bundle(args.bundle).hashes()["embedder"] if args.bundle else None
-    calibration = None
+    bundle = load_bundle(args.bundle)
+    embedder = bundle.hashes()["embedder"] if args.bundle else None
+    calibration, reference = None, None
     if args.calibration:
         from provisioning.calibrate import load_calibration
 
-        calibration = load_calibration(args.calibration)
+        calibration, reference = load_calibration(args.calibration)
     rosters = {path: load_roster(path) for path in args.rosters}
     checks: dict[Path, dict] = {}
     if calibration is not None:  # every roster checked before any file changes
@@ -155,7 +157,8 @@ def _cmd_roster_sign(args: argparse.Namespace) -> int:
         for path, roster in rosters.items():
             if embedder and not roster.embedder_sha256:
                 roster = replace(roster, embedder_sha256=embedder)
-            updated, checks[path] = with_calibration(roster, calibration)
+            updated, checks[path] = with_calibration(
+                roster, calibration, reference, calibrated_threshold(bundle, "cosine", 1e-4))
             if updated.calibration != roster.calibration:
                 # A gate keeps the highest version it has seen: new thresholds, new version.
                 updated = replace(updated, version=roster.version + 1)
@@ -170,9 +173,7 @@ def _cmd_roster_sign(args: argparse.Namespace) -> int:
                         "applicants": len(roster.entries),
                         "calibration": None if roster.calibration is None
                         else roster.calibration.source,
-                        "room_guard": None if roster.calibration is None
-                        or roster.calibration.room_guard is None
-                        else roster.calibration.room_guard.to_dict()})
+                        "room_check": checks.get(path)})
     print(json.dumps({"centre": keys.centre, "signing_key_id": keys.key_id,
                       "signed": written}))
     return 0
