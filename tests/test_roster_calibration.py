@@ -239,3 +239,43 @@ def test_a_gate_started_with_a_signed_calibrated_roster_judges_by_it(tmp_path, c
     finally:
         door.close()
         Device.pin_factory.reset()
+
+
+# --- the birth message says which calibration a gate runs on ---------------------------------
+
+def test_status_carries_the_calibration_strictly():
+    from gerbang import wire
+
+    good = {"state": "online", "calibration": {"source": "roster:CASN-2026 centre c01",
+                                               "score_kind": "tnorm", "far": 1e-4,
+                                               "threshold": 4.2}}
+    assert wire.parse_status(json.dumps(good))["calibration"] == good["calibration"]
+    override = {"source": "match.threshold override", "score_kind": "cosine", "far": None,
+                "threshold": 0.55}
+    assert wire.parse_status(json.dumps({"state": "online", "calibration": override}))[
+        "calibration"]["far"] is None
+    for bad, field in ((dict(good["calibration"], score_kind="l2"), "calibration.score_kind"),
+                       (dict(good["calibration"], far=2), "calibration.far"),
+                       (dict(good["calibration"], threshold="x"), "calibration.threshold"),
+                       (dict(good["calibration"], source="s" * 300), "calibration.source"),
+                       (dict(good["calibration"], extra=1), "calibration: unknown")):
+        with pytest.raises(wire.WireError, match=field.replace(".", r"\.")):
+            wire.parse_status(json.dumps({"state": "online", "calibration": bad}))
+
+
+def test_a_pushed_roster_with_another_calibration_gets_its_threshold(tmp_path):
+    bundle = load_bundle()
+    embedder = bundle.hashes()["embedder"]
+    config = gate_config(tmp_path, target_far=1e-3)
+    from device.processes.assembly import Judge
+
+    first = roster_with(embedder=embedder)
+    judge = Judge(bundle, lambda: None, None, first, None, 0.0, None)  # type: ignore[arg-type]
+    loop = CheckinLoop(None, first, judge.policy(config), config.quality,  # type: ignore[arg-type]
+                       None, Outbox(tmp_path / "o.sqlite"), config.gate)  # type: ignore[arg-type]
+    shipped = calibrated_threshold(bundle, "cosine", 1e-3)
+    assert loop._matching[3] == shipped and loop.calibration["source"].startswith("model bundle")
+    loop.use_roster(roster_with(block(embedder_sha256=embedder), embedder=embedder, version=2))
+    assert loop._matching[3] == 0.52
+    assert loop.calibration == {"source": "roster:CASN-2026 centre c01", "score_kind": "cosine",
+                                "far": 1e-3, "threshold": 0.52}

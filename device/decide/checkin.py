@@ -58,9 +58,11 @@ class MatchPolicy:
     score_kind: str | None = None
     threshold_for: Callable[[str], float] | None = None
     #: The threshold for a roster as a whole (its score kind and the calibration it carries,
-    #: ``device.processes.assembly.choose_threshold``): when set, every roster put in use,
-    #: pushed ones included, gets its own threshold; ``threshold_for`` is then not used.
-    roster_threshold: Callable[[Roster], float] | None = None
+    #: ``device.processes.assembly.choose_threshold``) and a report of where it comes from
+    #: (``{source, score_kind, far, threshold}``, for the birth message): when set, every
+    #: roster put in use, pushed ones included, gets its own threshold; ``threshold_for`` is
+    #: then not used.
+    roster_threshold: Callable[[Roster], tuple[float, dict[str, Any]]] | None = None
 
 
 class CheckinLoop:
@@ -79,6 +81,8 @@ class CheckinLoop:
                  screen: Screen | None = None) -> None:
         self.pipeline = pipeline
         self.policy = policy
+        #: Where the threshold in use comes from (set by ``use_roster`` when the policy says).
+        self.calibration: dict[str, Any] | None = None
         self.use_roster(roster)
         self.quality = quality
         self.door = door
@@ -111,7 +115,7 @@ class CheckinLoop:
         gallery = roster.gallery()
         policy = self.policy
         if policy.roster_threshold is not None:
-            threshold = policy.roster_threshold(roster)
+            threshold, self.calibration = policy.roster_threshold(roster)
             if threshold != policy.threshold or gallery.score_kind != policy.score_kind:
                 log.warning("roster v%d: %s scores, threshold %.4f → %.4f", roster.version,
                             gallery.score_kind, policy.threshold, threshold)

@@ -139,7 +139,7 @@ class Judge:
             self.threshold, config.match.require_card,
             score_kind=self.roster.gallery().score_kind,
             roster_threshold=lambda roster: choose_threshold(config, self.bundle,
-                                                             roster).threshold)
+                                                             roster).report())
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,11 @@ class ThresholdChoice:
     #: ``+ room guard`` when the room's guard is the stricter), or ``model bundle``.
     source: str
     far: float | None  # the target FAR it was calibrated for (None for an override)
+
+    def report(self) -> tuple[float, dict[str, Any]]:
+        """(threshold, the ``calibration`` block of the birth message, gerbang.wire)."""
+        return self.threshold, {"source": self.source[:200], "score_kind": self.score_kind,
+                                "far": self.far, "threshold": self.threshold}
 
     def describe(self) -> str:
         """One line for the log."""
@@ -282,7 +287,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
 
     uplink = Uplink(outbox, config.broker, ident.centre, ident.device_id, birth={
         "device_id": ident.device_id, "room": ident.room, "session": ident.session,
-        "firmware": __version__, "models": bundle.hashes(), "roster_version": roster.version},
+        "firmware": __version__, "models": bundle.hashes(), "roster_version": roster.version,
+        "calibration": judge.choice.report()[1] if judge.choice else None},
         on_command=command, telemetry=telemetry,
         telemetry_interval_s=config.telemetry_interval_s)
     uplink.start()
