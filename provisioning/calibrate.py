@@ -99,6 +99,28 @@ class PairScores:
     excluded_pairs: int = 0  # impostor pairs left out as flagged duplicates
 
 
+def _exclusions(index: Mapping[str, int], exclude: Iterable[tuple[str, str]],
+                ) -> dict[int, set[int]]:
+    """Row → the template columns it must not be scored against (both directions)."""
+    others: dict[int, set[int]] = {}
+    for a, b in exclude:
+        if a in index and b in index and a != b:
+            others.setdefault(index[a], set()).add(index[b])
+            others.setdefault(index[b], set()).add(index[a])
+    return others
+
+
+def _valid(rows: np.ndarray, columns: int, others: Mapping[int, set[int]]) -> np.ndarray:
+    """Mask of the (row owner, template) pairs to score: not one's own, not excluded. Built
+    per block, so memory stays bounded by the block, not by applicants²."""
+    valid = np.ones((len(rows), columns), dtype=bool)
+    valid[np.arange(len(rows)), rows] = False
+    for r, owner in enumerate(rows):
+        for column in others.get(int(owner), ()):
+            valid[r, column] = False
+    return valid
+
+
 def _split(photos: np.ndarray, k: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]],
                                                np.ndarray]:
     """(template, genuine (template, probe) pairs, impostor probes) of one applicant."""
@@ -140,15 +162,11 @@ def pair_scores(people: Mapping[str, np.ndarray], template_photos: int = 3,
     templates = np.stack([s[0] for s in split])
     probes = np.concatenate([s[2] for s in split])
     owner = np.concatenate([np.full(len(s[2]), i) for i, s in enumerate(split)])
-    banned = np.zeros((len(ids), len(ids)), dtype=bool)
-    for a, b in exclude:
-        if a in index and b in index:
-            banned[index[a], index[b]] = banned[index[b], index[a]] = True
-    np.fill_diagonal(banned, True)
-    allowed = (~banned).sum(axis=1)
+    others = _exclusions(index, exclude)
+    allowed = np.array([len(ids) - 1 - len(others.get(i, ())) for i in range(len(ids))])
     total = int(allowed[owner].sum())
     result = PairScores(len(ids), total,
-                        excluded_pairs=int(banned.sum() - len(ids)) // 2)
+                        excluded_pairs=sum(len(v) for v in others.values()) // 2)
     keep = math.floor(keep_far * total + 1e-9) + 2
     tops = {k: TopScores(keep) for k in KINDS}
     thresholds = {k: sorted(set((count_at or {}).get(k, ()))) for k in KINDS}
@@ -159,7 +177,7 @@ def pair_scores(people: Mapping[str, np.ndarray], template_photos: int = 3,
         x, who = probes[start:start + BLOCK], owner[start:start + BLOCK]
         cosine = x @ templates.T
         mean, spread = _tnorm_stats(cosine, who)
-        valid = ~banned[who]
+        valid = _valid(who, len(ids), others)
         for kind, scores in (("cosine", cosine),
                              ("tnorm", (cosine - mean[:, None]) / spread[:, None])):
             impostor = scores[valid]
@@ -195,17 +213,16 @@ def template_pair_reference(people: Mapping[str, np.ndarray], template_photos: i
     ids = sorted(people)
     templates = np.stack([mean_template(np.asarray(people[a])[:template_photos]) for a in ids])
     index = {a: i for i, a in enumerate(ids)}
-    banned = np.tril(np.ones((len(ids), len(ids)), dtype=bool))
-    for a, b in exclude:
-        if a in index and b in index:
-            banned[min(index[a], index[b]), max(index[a], index[b])] = True
-    total = int((~banned).sum())
+    others = _exclusions(index, exclude)
+    n = len(ids)
+    total = n * (n - 1) // 2 - sum(len(v) for v in others.values()) // 2
     tops = {k: TopScores(math.floor(far * total + 1e-9) + 2) for k in KINDS}
     for start in range(0, len(ids), BLOCK):
         cosine = templates[start:start + BLOCK] @ templates.T
         mean = cosine.mean(axis=1, keepdims=True)
         spread = np.maximum(cosine.std(axis=1, keepdims=True), 1e-6)
-        valid = ~banned[start:start + BLOCK]
+        rows = np.arange(start, min(start + BLOCK, n))
+        valid = _valid(rows, n, others) & (np.arange(n)[None, :] > rows[:, None])
         tops["cosine"].add(cosine[valid])
         tops["tnorm"].add(((cosine - mean) / spread)[valid])
     fits = {k: fit_threshold(tops[k].sorted(), total, far) for k in KINDS}

@@ -153,7 +153,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     result: dict[str, Any] = {"calibration": calibration.to_dict(), "report": report}
     if args.out:
-        reference = template_pair_reference(people, args.photos, excluded)
+        # flagged pairs always left out here: the room check leaves them out too
+        reference = template_pair_reference(people, args.photos,
+                                            [(a, b) for a, b, _ in duplicates])
         if reference is None:
             log.warning("too few applicants for the room check (%d template pairs; 5,000 "
                         "needed): rooms signed with this calibration get no room guard",
