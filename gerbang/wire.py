@@ -463,9 +463,31 @@ def _flat_map(where: str, value: Any, *, integer: bool, limit: int = 32) -> dict
 
 #: Fields of a status message: the retained birth (``state`` online) and the last will /
 #: clean stop (``state`` offline). ``models`` maps model names to sha256s; ``config`` is the
-#: reported config (device.manage.config_push).
+#: reported config (device.manage.config_push); ``calibration`` the match threshold in use
+#: and where it comes from (:data:`CALIBRATION_FIELDS`).
 STATUS_FIELDS = ("schema", "state", "ts", "device_id", "room", "session", "firmware",
-                 "processes", "models", "roster_version", "config", "outbox")
+                 "processes", "models", "roster_version", "config", "outbox", "calibration")
+#: ``calibration`` of a status message: ``source`` (``roster:…``, ``model bundle (…)``,
+#: ``match.threshold override``), ``score_kind`` (cosine / tnorm), ``far`` (the target FAR, null
+#: for an override) and ``threshold``.
+CALIBRATION_FIELDS = ("source", "score_kind", "far", "threshold")
+SCORE_KINDS = ("cosine", "tnorm")
+
+
+def parse_calibration(where: str, value: Any) -> dict[str, Any]:
+    """The ``calibration`` block of a status message (see :data:`CALIBRATION_FIELDS`)."""
+    if not isinstance(value, dict):
+        raise WireError(f"{where}: expected an object")
+    _unknown(where, value, set(CALIBRATION_FIELDS))
+    kind = value.get("score_kind")
+    if kind not in SCORE_KINDS:
+        raise WireError(f"{where}.score_kind: expected one of {', '.join(SCORE_KINDS)}")
+    far = _number(f"{where}.far", value.get("far"))
+    if far is not None and not 0 < far < 1:
+        raise WireError(f"{where}.far: expected a rate in (0, 1)")
+    threshold = _number(f"{where}.threshold", value.get("threshold"), optional=False)
+    return {"source": _short_text(f"{where}.source", value.get("source"), 200, optional=False),
+            "score_kind": kind, "far": far, "threshold": threshold}
 _CONFIG_FIELDS = {"version", "sha256", "applied_at", "local_edit", "error", "signed"}
 
 
@@ -525,6 +547,8 @@ def parse_status(payload: bytes | str) -> dict[str, Any]:
         out["config"] = checked
     if data.get("outbox") is not None:
         out["outbox"] = parse_outbox("outbox", data["outbox"])
+    if data.get("calibration") is not None:
+        out["calibration"] = parse_calibration("calibration", data["calibration"])
     return out
 
 

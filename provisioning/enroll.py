@@ -33,6 +33,10 @@ class EnrollmentReport:
     #: (applicant id, applicant id, similarity): two ids whose faces match — one person
     #: registered twice, perhaps to sit for someone else. For a human to review.
     duplicates: list[tuple[str, str, float]] = field(default_factory=list)
+    #: Applicant id → the embedding of each usable photo (rows), kept only when asked
+    #: (``build_roster(keep_photos=True)``): the technician's working data for
+    #: ``gerbang-provision calibrate``, never sent to a gate.
+    photo_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def face_folders(root: Path, min_images: int = 1) -> dict[str, list[Path]]:
@@ -40,11 +44,11 @@ def face_folders(root: Path, min_images: int = 1) -> dict[str, list[Path]]:
     return {p: imgs for p, imgs in list_people(root).items() if len(imgs) >= min_images}
 
 
-def template_from_photos(pipeline: FacePipeline, photos: Sequence[Path],
-                         quality: QualityConfig | None = None,
-                         ) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
-    """Mean flip-averaged embedding of the photos that pass the quality gate, and
-    (photo, reason) for the others (reason codes as at the gate, plus ``unreadable``)."""
+def embed_photos(pipeline: FacePipeline, photos: Sequence[Path],
+                 quality: QualityConfig | None = None,
+                 ) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """Flip-averaged embedding of each photo that passes the quality gate, and (photo, reason)
+    for the others (reason codes as at the gate, plus ``unreadable``)."""
     quality = quality or QualityConfig()
     vectors, problems = [], []
     for photo in photos:
@@ -59,10 +63,22 @@ def template_from_photos(pipeline: FacePipeline, photos: Sequence[Path],
             continue
         assert reading.crop is not None
         vectors.append(pipeline.embed_crop(reading.crop, flip=True))
-    if not vectors:
-        return None, problems
-    mean = np.mean(vectors, axis=0)
-    return (mean / np.linalg.norm(mean)).astype(np.float32), problems
+    return vectors, problems
+
+
+def mean_template(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The unit-length mean of embeddings: an applicant's template."""
+    mean = np.mean(np.asarray(vectors, dtype=np.float32), axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def template_from_photos(pipeline: FacePipeline, photos: Sequence[Path],
+                         quality: QualityConfig | None = None,
+                         ) -> tuple[np.ndarray | None, list[tuple[str, str]]]:
+    """Mean flip-averaged embedding of the photos that pass the quality gate, and
+    (photo, reason) for the others (reason codes as at the gate, plus ``unreadable``)."""
+    vectors, problems = embed_photos(pipeline, photos, quality)
+    return (mean_template(vectors) if vectors else None), problems
 
 
 def find_duplicates(entries: Sequence[RosterEntry], threshold: float,
@@ -88,18 +104,22 @@ def build_roster(pipeline: FacePipeline, applicants: Mapping[str, Sequence[Path]
                  session: str, room: str, version: int = 1,
                  names: Mapping[str, str] | None = None, show_progress: bool = True,
                  duplicate_threshold: float | None = None, quality: QualityConfig | None = None,
-                 ) -> tuple[Roster, EnrollmentReport]:
-    """Enroll every applicant from their photos into a room roster, and look for duplicates."""
+                 keep_photos: bool = False) -> tuple[Roster, EnrollmentReport]:
+    """Enroll every applicant from their photos into a room roster, and look for duplicates
+    (``keep_photos``: also keep each photo's embedding in the report, for calibration)."""
     report = EnrollmentReport()
     entries = []
     items = list(applicants.items())
     iterator = progress(items, label=f"enrolling {room}") if show_progress else items
     for applicant_id, photos in iterator:
-        template, problems = template_from_photos(pipeline, photos, quality)
+        vectors, problems = embed_photos(pipeline, photos, quality)
         report.rejected_photos += [(applicant_id, p, why) for p, why in problems]
-        if template is None:
+        if not vectors:
             report.failed.append(applicant_id)
             continue
+        template = mean_template(vectors)
+        if keep_photos:
+            report.photo_embeddings[applicant_id] = np.stack(vectors).astype(np.float32)
         entries.append(RosterEntry(applicant_id, (names or {}).get(applicant_id, ""), template))
         report.enrolled.append(applicant_id)
     if duplicate_threshold is not None:

@@ -220,6 +220,10 @@ def sign_roster(roster: Roster, keys: RosterKeys, embedder_sha256: str | None = 
                            f"{roster.embedder_sha256[:16]}…, not {embedder_sha256[:16]}…")
     if len({e.template.size for e in roster.entries}) > 1:
         raise SigningError("roster templates have mixed lengths")
+    if roster.calibration is not None and roster.calibration.embedder_sha256 != embedder:
+        raise SigningError(f"roster calibration was measured with embedder "
+                           f"{roster.calibration.embedder_sha256[:16]}…, the templates were "
+                           f"made with {embedder[:16]}…: calibrate again with the same bundle")
     room_key = keys.room_key(roster.room)
     nonce = secrets.token_bytes(NONCE_BYTES)
     when = (created or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)

@@ -150,6 +150,7 @@ def test_the_gates_birth_and_telemetry_pass_the_gateways_validators(running_gate
         birth = wire.parse_status(seen["status"][-1])
         assert birth["state"] == "online" and birth["outbox"]["first_seq"] == 0
         assert set(birth) >= {"device_id", "room", "session", "models", "roster_version"}
+        assert birth["calibration"]["source"].startswith(("model bundle", "match.threshold"))
         assert send("unlock", {"reason": "test", "by": "p1"})["ok"]  # one alarm: seq moves
         before = len(seen["telemetry"])
         wait_until(lambda: len(seen["telemetry"]) > before + 1, 10, "fresh telemetry")

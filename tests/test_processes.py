@@ -218,6 +218,7 @@ def test_pushed_config_is_applied_by_restarting_the_workers_and_a_bad_one_refuse
         # The split gate's birth is what the gateway's validator accepts, outbox included.
         checked = wire.parse_status(json.dumps(births[-1]))
         assert checked["outbox"]["stream"] and checked["processes"] == "split"
+        assert checked["calibration"]["score_kind"] in ("cosine", "tnorm")  # from check-in
         assert checked["config"]["signed"] is False
         assert config.read_text() == desired
         second = workers_of(proc.pid)

@@ -204,9 +204,13 @@ def test_pages_render_for_each_role(setup):
     room = viewer.get("/sessions/S1/rooms/R01").text
     assert "Siti Rahayu" in room and "action-form" not in room  # viewers get no action panel
     assert "07:10:00" in room and "WIB" in room  # 00:10 UTC on the centre's clock
-    store.record_status("c1-r01-a", "c1", {"state": "online", "firmware": "0.2.0"})
+    store.record_status("c1-r01-a", "c1", {"state": "online", "firmware": "0.2.0",
+                                            "calibration": {"source": "roster:CASN-2026 c1",
+                                                            "score_kind": "cosine",
+                                                            "far": 1e-4, "threshold": 0.5812}})
     devices = viewer.get("/devices").text
     assert 'class="spark"' in devices and "45 / 45 ms" in devices  # latency per gate, plotted
+    assert "roster:CASN-2026 c1" in devices and "cosine ≥ 0.5812 (FAR 0.0001)" in devices
     assert "action-form" in client_for(app, "proctor1").get("/sessions/S1/rooms/R01").text
     assert viewer.get("/sessions/NOPE").status_code == 404
     assert client_for(app).get("/live/room?session=S1&room=R01").status_code == 401

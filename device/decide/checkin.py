@@ -57,6 +57,12 @@ class MatchPolicy:
     #: differs): ``device.processes.assembly.threshold_for``. None: the threshold fits every roster.
     score_kind: str | None = None
     threshold_for: Callable[[str], float] | None = None
+    #: The threshold for a roster as a whole (its score kind and the calibration it carries,
+    #: ``device.processes.assembly.choose_threshold``) and a report of where it comes from
+    #: (``{source, score_kind, far, threshold}``, for the birth message): when set, every
+    #: roster put in use, pushed ones included, gets its own threshold; ``threshold_for`` is
+    #: then not used.
+    roster_threshold: Callable[[Roster], tuple[float, dict[str, Any]]] | None = None
 
 
 class CheckinLoop:
@@ -75,6 +81,8 @@ class CheckinLoop:
                  screen: Screen | None = None) -> None:
         self.pipeline = pipeline
         self.policy = policy
+        #: Where the threshold in use comes from (set by ``use_roster`` when the policy says).
+        self.calibration: dict[str, Any] | None = None
         self.use_roster(roster)
         self.quality = quality
         self.door = door
@@ -106,7 +114,13 @@ class CheckinLoop:
         """
         gallery = roster.gallery()
         policy = self.policy
-        if (policy.threshold_for is not None and policy.score_kind is not None
+        if policy.roster_threshold is not None:
+            threshold, self.calibration = policy.roster_threshold(roster)
+            if threshold != policy.threshold or gallery.score_kind != policy.score_kind:
+                log.warning("roster v%d: %s scores, threshold %.4f → %.4f", roster.version,
+                            gallery.score_kind, policy.threshold, threshold)
+            self.policy = replace(policy, threshold=threshold, score_kind=gallery.score_kind)
+        elif (policy.threshold_for is not None and policy.score_kind is not None
                 and gallery.score_kind != policy.score_kind):
             # Raises (ConfigError naming match.threshold) rather than judge T-norm scores
             # against a cosine threshold, which would admit strangers.

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from device.decide.calibration import Calibration, CalibrationError, calibration_from_dict
 from device.infer.match import Gallery
 from gerbang.files import write_atomic
 
@@ -51,6 +52,9 @@ class Roster:
     #: sha256 of the embedder model that made the templates (from the model manifest): a gate
     #: running another embedder could not compare them. None in rosters made before it was kept.
     embedder_sha256: str | None = None
+    #: Thresholds measured on the applicants' own population (``device.decide.calibration``),
+    #: used by the gate instead of the model bundle's; None: the bundle's calibration applies.
+    calibration: Calibration | None = None
 
     def gallery(self) -> Gallery:
         """Templates as a matrix for matching, with the session cohort when there is one."""
@@ -75,6 +79,8 @@ class Roster:
             data["cohort"] = {"rows": int(self.cohort.shape[0]), "data": _b64(self.cohort)}
         if self.embedder_sha256 is not None:
             data["embedder_sha256"] = self.embedder_sha256
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.to_dict()
         return data
 
     @property
@@ -115,11 +121,22 @@ def roster_from_dict(data: dict[str, Any]) -> Roster:
             raise RosterError(f"roster cohort: {exc!r}") from None
         if dims and cohort.shape[1] not in dims:
             raise RosterError(f"roster cohort has {cohort.shape[1]}-D rows, templates {dims}")
+    embedder = data.get("embedder_sha256")
+    embedder = None if embedder is None else str(embedder)
+    calibration = None
+    if data.get("calibration") is not None:
+        if embedder is None:
+            raise RosterError("roster calibration: the roster does not say which embedder made "
+                              "its templates (embedder_sha256), so its thresholds cannot be "
+                              "checked against them")
+        try:
+            calibration = calibration_from_dict(data["calibration"], embedder)
+        except CalibrationError as exc:
+            raise RosterError(f"roster {exc}") from None
     try:
-        embedder = data.get("embedder_sha256")
         return Roster(session=str(data["session"]), room=str(data["room"]),
                       version=int(data["version"]), entries=tuple(entries), cohort=cohort,
-                      embedder_sha256=None if embedder is None else str(embedder))
+                      embedder_sha256=embedder, calibration=calibration)
     except KeyError as exc:
         raise RosterError(f"roster field {exc.args[0]} is missing") from None
 

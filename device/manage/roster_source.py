@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class RosterSource:
         if not self.config.keys.signed_rosters:
             log.warning("plain roster %s (templates unencrypted on disk): configure [keys] "
                         "for an exam centre", self.config.roster_path)
-            return load_roster(self.config.roster_path)
+            return plain_without_thresholds(load_roster(self.config.roster_path))
         incoming = self.config.incoming_dir
         for path in sorted(incoming.glob("*.roster.signed")) if incoming.is_dir() else []:
             try:
@@ -159,6 +160,17 @@ class RosterSource:
             return f"roster v{roster.version} installed: {len(roster.entries)} applicants"
 
         return handle
+
+
+def plain_without_thresholds(roster: Roster) -> Roster:
+    """A plain (unsigned) roster with any calibration block dropped: nothing vouches for its
+    thresholds, so the gate keeps the model bundle's calibration (plain rosters are for the demo
+    and development; a gate with [keys] reads only signed ones)."""
+    if roster.calibration is None:
+        return roster
+    log.warning("plain roster carries a calibration (%s); ignored: a gate takes thresholds "
+                "only from a signed roster", roster.calibration.source)
+    return replace(roster, calibration=None)
 
 
 def roster_path_hint(config: DeviceConfig) -> Path:

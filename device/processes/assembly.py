@@ -128,19 +128,75 @@ class Judge:
     pipeline: FacePipeline
     threshold: float
     liveness: LivenessGate | None
+    #: Where ``threshold`` comes from (override, roster calibration or model bundle).
+    choice: ThresholdChoice | None = None
 
     def policy(self, config: DeviceConfig) -> MatchPolicy:
         """The match policy: this threshold for the roster's score kind, re-derived (and
-        checked) when a pushed roster changes the score kind."""
-        return MatchPolicy(self.threshold, config.match.require_card,
-                           score_kind=self.roster.gallery().score_kind,
-                           threshold_for=lambda kind: threshold_for(config, self.bundle, kind))
+        checked) for every roster put in use (a pushed roster may change the score kind or
+        carry another calibration)."""
+        return MatchPolicy(
+            self.threshold, config.match.require_card,
+            score_kind=self.roster.gallery().score_kind,
+            roster_threshold=lambda roster: choose_threshold(config, self.bundle,
+                                                             roster).report())
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The gate's match threshold and where it comes from (logged at start, and reported)."""
+
+    threshold: float
+    score_kind: str
+    #: ``match.threshold override``, the roster calibration's source (``roster:…``, with
+    #: ``+ room guard`` when the room's guard is the stricter), or ``model bundle``.
+    source: str
+    far: float | None  # the target FAR it was calibrated for (None for an override)
+
+    def report(self) -> tuple[float, dict[str, Any]]:
+        """(threshold, the ``calibration`` block of the birth message, gerbang.wire)."""
+        return self.threshold, {"source": self.source[:200], "score_kind": self.score_kind,
+                                "far": self.far, "threshold": self.threshold}
+
+    def describe(self) -> str:
+        """One line for the log."""
+        far = "override, no FAR" if self.far is None else f"FAR {self.far:g}"
+        return (f"threshold {self.threshold:.4f} for {self.score_kind} scores ({far}), from "
+                f"{self.source}")
+
+
+def choose_threshold(config: DeviceConfig, bundle: ModelBundle, roster: Roster,
+                     announce: bool = False) -> ThresholdChoice:
+    """The threshold for ``roster``'s scores, in this order: the ``match.threshold`` override
+    (checked against the bundle's calibration); else the calibration the signed roster carries
+    at ``match.target_far`` for its score kind, or its room guard when that is stricter; else the
+    model bundle's calibration. ``announce`` logs the choice in one line."""
+    kind = roster.gallery().score_kind
+    far = config.match.target_far
+    if config.match.threshold is not None:
+        choice = ThresholdChoice(threshold_for(config, bundle, kind), kind,
+                                 "match.threshold override", None)
+    else:
+        guarded = roster.calibration.guarded(kind, far) if roster.calibration else None
+        if guarded is not None:
+            choice = ThresholdChoice(guarded[0], kind, guarded[1], far)
+        else:
+            if roster.calibration is not None:
+                log.warning("roster calibration %s has no %s threshold for FAR %g; using the "
+                            "model bundle's", roster.calibration.source, kind, far)
+            dataset = bundle.manifest.get("calibration", {}).get("dataset", "?")
+            choice = ThresholdChoice(calibrated_threshold(bundle, kind, far), kind,
+                                     f"model bundle ({dataset})", far)
+    if announce:
+        log.info("match %s", choice.describe())
+    return choice
 
 
 def threshold_for(config: DeviceConfig, bundle: ModelBundle, score_kind: str) -> float:
-    """The match threshold for ``score_kind`` scores: the bundle's calibration at
+    """The bundle's match threshold for ``score_kind`` scores: its calibration at
     ``target_far``, or the ``match.threshold`` override once checked against the calibration
-    (never looser than FAR 1e-2: ConfigError naming the field)."""
+    (never looser than FAR 1e-2: ConfigError naming the field). A roster's own calibration is
+    applied by :func:`choose_threshold`."""
     override = config.match.threshold
     if override is None:
         return calibrated_threshold(bundle, score_kind, config.match.target_far)
@@ -167,15 +223,13 @@ def load_judge(config: DeviceConfig) -> Judge:
                     roster.session, roster.room, ident.session, ident.room)
     pipeline = FacePipeline.from_bundle(bundle, config.models.threads, config.models.runtime)
     pipeline.flip_average = config.match.flip_average
-    gallery = roster.gallery()
-    threshold = threshold_for(config, bundle, gallery.score_kind)
-    log.info("models verified and loaded (%s); roster v%d with %d applicants; %s scores, "
-             "threshold %.3f (FAR %g)%s",
+    choice = choose_threshold(config, bundle, roster)
+    log.info("models verified and loaded (%s); roster v%d with %d applicants",
              ", ".join(f"{k}={v[:12]}" for k, v in bundle.hashes().items()),
-             roster.version, len(roster.entries), gallery.score_kind, threshold,
-             config.match.target_far, "" if config.match.threshold is None else " [override]")
-    return Judge(bundle, confirm_models, rosters, roster, pipeline, threshold,
-                 _liveness_gate(config, bundle))
+             roster.version, len(roster.entries))
+    log.info("match %s", choice.describe())
+    return Judge(bundle, confirm_models, rosters, roster, pipeline, choice.threshold,
+                 _liveness_gate(config, bundle), choice)
 
 
 def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -233,7 +287,8 @@ def run_device(config: DeviceConfig, stop: threading.Event | None = None) -> dic
 
     uplink = Uplink(outbox, config.broker, ident.centre, ident.device_id, birth={
         "device_id": ident.device_id, "room": ident.room, "session": ident.session,
-        "firmware": __version__, "models": bundle.hashes(), "roster_version": roster.version},
+        "firmware": __version__, "models": bundle.hashes(), "roster_version": roster.version,
+        "calibration": judge.choice.report()[1] if judge.choice else None},
         on_command=command, telemetry=telemetry,
         telemetry_interval_s=config.telemetry_interval_s)
     uplink.start()

@@ -76,6 +76,7 @@ class StatusPublisher:
                   "latency_p95_ms": latencies[int(len(latencies) * 0.95)] if latencies else None,
                   "stage_p50_ms": loop.stage_p50_ms() if loop else {},
                   "roster_version": loop.roster.version if loop else None,
+                  "calibration": loop.calibration if loop else None,
                   "checkin_peak_rss_mb": peak_rss_mb()}
         busmod.send_json(self._sock, status)
 

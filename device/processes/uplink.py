@@ -49,7 +49,7 @@ class CheckinFollower:
             if message is None:
                 continue
             before, self.latest = self.latest, message
-            key = ("models", "roster_version", "ready")
+            key = ("models", "roster_version", "calibration", "ready")
             if before is None or any(before.get(k) != message.get(k) for k in key):
                 for callback in self.on_change:
                     callback(message)
@@ -140,7 +140,8 @@ def run_uplink(config: DeviceConfig, bus: Bus, stop: threading.Event,
 
     def checkin_changed(status: dict[str, Any]) -> None:
         uplink.update_birth({**birth, "models": status.get("models"),
-                             "roster_version": status.get("roster_version")})
+                             "roster_version": status.get("roster_version"),
+                             "calibration": status.get("calibration")})
 
     checkin.on_change.append(checkin_changed)
     uplink.start()

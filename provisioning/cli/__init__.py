@@ -14,6 +14,7 @@ from gerbang.logs import setup_logging
 from provisioning.bundle import ProvisionError
 from provisioning.cli import (
     broker,
+    calibrate,
     centre,
     certificates,
     demo_faces,
@@ -51,6 +52,9 @@ Before each exam session:
   gerbang-provision roster --photos-dir photos/R01 --session S1 --room R01 \\
       --out R01.roster.json --keys roster-keys
   (writes R01.roster.signed too: the signed, encrypted copy the room's gates accept)
+  thresholds from the round's own photos (docs/provisioning.md):
+  gerbang-provision calibrate --embeddings R*.photos.npz --source "roster:S1 c01" --out cal.json
+  gerbang-provision roster-sign R*.roster.json --keys roster-keys --calibration cal.json
 
 Now and then: gerbang-provision ca status (warns before a certificate or the revocation list
 expires); a lost or stolen gate: gerbang-provision revoke c01-r01-a, then restart the broker.""")
@@ -63,6 +67,7 @@ expires); a lost or stolen gate: gerbang-provision revoke c01-r01-a, then restar
     broker.add_commands(sub, centre_option)
     gate_bundle.add_commands(sub, centre_option)
     rosters.add_commands(sub)
+    calibrate.add_commands(sub)
     models.add_commands(sub)
     demo_faces.add_commands(sub)
     push.add_commands(sub)

@@ -22,6 +22,11 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
 
     keys = load_roster_keys(args.keys) if args.keys else None  # fail before the slow part
+    calibration, reference = None, None
+    if args.calibration:
+        from provisioning.calibrate import load_calibration
+
+        calibration, reference = load_calibration(args.calibration)
     if args.signed_out and not keys:
         log.error("--signed-out needs --keys (the centre's roster key folder)")
         return 2
@@ -53,9 +58,21 @@ def _cmd_roster(args: argparse.Namespace) -> int:
     pipeline = FacePipeline.from_bundle(bundle, threads=args.threads)
     roster, report = build_roster(pipeline, applicants, args.session, args.room, args.version,
                                   names=names,
-                                  duplicate_threshold=calibrated_threshold(bundle, "cosine", 1e-4))
+                                  duplicate_threshold=calibrated_threshold(bundle, "cosine", 1e-4),
+                                  keep_photos=args.embeddings_out is not None)
     report.failed.extend(no_photos)
     roster = replace(roster, embedder_sha256=bundle.hashes()["embedder"])
+    guard_report = None
+    if calibration is not None:
+        from provisioning.cli.calibrate import with_calibration
+
+        roster, guard_report = with_calibration(
+            roster, calibration, reference, calibrated_threshold(bundle, "cosine", 1e-4))
+    if args.embeddings_out:
+        from provisioning.calibrate import save_photo_embeddings
+
+        save_photo_embeddings(args.embeddings_out, report.photo_embeddings,
+                              bundle.hashes()["embedder"])
     save_roster(roster, args.out)
     signed = None
     if keys:
@@ -72,7 +89,9 @@ def _cmd_roster(args: argparse.Namespace) -> int:
                       "session": args.session, "room": args.room,
                       "enrolled": len(report.enrolled), "failed": len(report.failed),
                       "rejected_photos": len(report.rejected_photos),
-                      "duplicates": report.duplicates}))
+                      "duplicates": report.duplicates,
+                      "calibration": None if roster.calibration is None else {
+                          "source": roster.calibration.source, "room_check": guard_report}}))
     return 0 if not (report.failed or report.duplicates) else 1
 
 
@@ -116,18 +135,45 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
 def _cmd_roster_sign(args: argparse.Namespace) -> int:
     from device.decide.roster import load_roster
-    from device.infer.bundle import load_bundle
+    from device.infer.bundle import calibrated_threshold, load_bundle
     from provisioning.signing import load_roster_keys, signed_path_for, write_signed_roster
 
     keys = load_roster_keys(args.keys)
-    embedder = load_bundle(args.bundle).hashes()["embedder"] if args.bundle else None
+    bundle = load_bundle(args.bundle)
+    embedder = bundle.hashes()["embedder"] if args.bundle else None
+    calibration, reference = None, None
+    if args.calibration:
+        from provisioning.calibrate import load_calibration
+
+        calibration, reference = load_calibration(args.calibration)
+    rosters = {path: load_roster(path) for path in args.rosters}
+    checks: dict[Path, dict] = {}
+    if calibration is not None:  # every roster checked before any file changes
+        from dataclasses import replace
+
+        from device.decide.roster import save_roster
+        from provisioning.cli.calibrate import with_calibration
+
+        for path, roster in rosters.items():
+            if embedder and not roster.embedder_sha256:
+                roster = replace(roster, embedder_sha256=embedder)
+            updated, checks[path] = with_calibration(
+                roster, calibration, reference, calibrated_threshold(bundle, "cosine", 1e-4))
+            if updated.calibration != roster.calibration:
+                # A gate keeps the highest version it has seen: new thresholds, new version.
+                updated = replace(updated, version=roster.version + 1)
+            rosters[path] = updated
+        for path, roster in rosters.items():
+            save_roster(roster, path)
     written = []
-    for path in args.rosters:
-        roster = load_roster(path)
+    for path, roster in rosters.items():
         out = write_signed_roster(signed_path_for(path), roster, keys, embedder)
         written.append({"roster": str(path), "signed": str(out), "session": roster.session,
                         "room": roster.room, "version": roster.version,
-                        "applicants": len(roster.entries)})
+                        "applicants": len(roster.entries),
+                        "calibration": None if roster.calibration is None
+                        else roster.calibration.source,
+                        "room_check": checks.get(path)})
     print(json.dumps({"centre": keys.centre, "signing_key_id": keys.key_id,
                       "signed": written}))
     return 0
@@ -185,6 +231,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     roster.add_argument("--signed-out", type=Path, metavar="FILE",
                         help="where to write the signed roster (default: next to --out, ending "
                              "in .signed, e.g. R01.roster.signed)")
+    roster.add_argument("--calibration", type=Path, metavar="FILE",
+                        help="calibration file from `calibrate`: the room's gates use its "
+                             "thresholds (checked against the room's own pairs: a room whose "
+                             "faces are more alike gets a stricter room guard)")
+    roster.add_argument("--embeddings-out", type=Path, metavar="FILE",
+                        help="also keep each photo's embedding (e.g. R01.photos.npz, mode "
+                             "0600) for `calibrate --embeddings`; stays on this machine, never "
+                             "on a gate")
     roster.set_defaults(func=_cmd_roster)
 
     sign = sub.add_parser(
@@ -201,6 +255,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sign.add_argument("--bundle", type=Path,
                       help="model bundle that made the templates, for rosters made before "
                            "rosters recorded it (default: the model recorded in the roster)")
+    sign.add_argument("--calibration", type=Path, metavar="FILE",
+                      help="calibration file from `calibrate`: written into each roster (and "
+                           "its .json, version + 1) with the room check / room guard, then "
+                           "signed")
     sign.set_defaults(func=_cmd_roster_sign)
 
     rkey = sub.add_parser(
