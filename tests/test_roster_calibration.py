@@ -178,6 +178,27 @@ def test_threshold_order_override_then_roster_then_bundle(tmp_path):
     assert (override.threshold, override.source) == (0.55, "match.threshold override")
 
 
+def test_a_roster_threshold_looser_than_the_bundles_floor_is_refused(tmp_path):
+    """Signed or not, no roster may take the gate below the bundle's FAR 1e-2 threshold."""
+    bundle = load_bundle()
+    embedder = bundle.hashes()["embedder"]
+    floor = calibrated_threshold(bundle, "cosine", 1e-2)
+    loose = block(embedder_sha256=embedder,
+                  thresholds={"cosine": {"1e-3": floor - 0.05, "1e-4": -0.9},
+                              "tnorm": {"1e-3": 3.4, "1e-4": 4.2}})
+    roster = roster_with(loose, embedder=embedder)
+    with pytest.raises(RosterError, match=r"cosine threshold -0\.9000 for FAR 0\.0001 is looser"):
+        choose_threshold(gate_config(tmp_path, target_far=1e-4), bundle, roster)
+    with pytest.raises(RosterError, match="looser than the model bundle's"):
+        choose_threshold(gate_config(tmp_path, target_far=1e-3), bundle, roster)
+    # at the floor itself it is allowed (calibrate --allow-looser down to FAR 1e-2)
+    at_floor = block(embedder_sha256=embedder,
+                     thresholds={"cosine": {"1e-3": floor, "1e-4": 0.61},
+                                 "tnorm": {"1e-3": 3.4, "1e-4": 4.2}})
+    assert choose_threshold(gate_config(tmp_path, target_far=1e-3), bundle,
+                            roster_with(at_floor, embedder=embedder)).threshold == floor
+
+
 def test_a_plain_roster_brings_no_thresholds(tmp_path, caplog):
     """Plain rosters are the demo's and development's (a gate with [keys] reads only signed
     ones): whatever calibration one carries is dropped with a warning."""

@@ -23,7 +23,7 @@ from device.config import (
 )
 from device.decide.checkin import CheckinLoop, MatchPolicy
 from device.decide.liveness_policy import LivenessGate
-from device.decide.roster import Roster
+from device.decide.roster import Roster, RosterError
 from device.gate.gate import Gate, GateEvent
 from device.gate.pins import use_pin_factory
 from device.infer.bundle import ModelBundle, ModelBundleError, calibrated_threshold
@@ -179,6 +179,7 @@ def choose_threshold(config: DeviceConfig, bundle: ModelBundle, roster: Roster,
     else:
         guarded = roster.calibration.guarded(kind, far) if roster.calibration else None
         if guarded is not None:
+            check_roster_threshold(bundle, kind, far, guarded[0], guarded[1])
             choice = ThresholdChoice(guarded[0], kind, guarded[1], far)
         else:
             if roster.calibration is not None:
@@ -190,6 +191,23 @@ def choose_threshold(config: DeviceConfig, bundle: ModelBundle, roster: Roster,
     if announce:
         log.info("match %s", choice.describe())
     return choice
+
+
+def check_roster_threshold(bundle: ModelBundle, kind: str, far: float, threshold: float,
+                           source: str) -> None:
+    """Refuse a roster's threshold looser than the bundle's at FAR 1e-2, the same floor as a
+    ``match.threshold`` override: `calibrate --allow-looser` may go below the shipped threshold
+    for the target FAR, but not to where more than 1 stranger in 100 matches, whoever signed
+    it (a mistyped or hostile calibration must not open the door). RosterError names it."""
+    try:
+        floor = calibrated_threshold(bundle, kind, LOOSEST_FAR)
+    except ModelBundleError:
+        return  # a bundle without calibration has no floor to hold the roster to
+    if threshold < floor:
+        raise RosterError(
+            f"roster calibration {source}: the {kind} threshold {threshold:.4f} for FAR {far:g} "
+            f"is looser than the model bundle's {floor:.4f} at FAR {LOOSEST_FAR:g} (more than 1 "
+            "stranger in 100 would match); re-run gerbang-provision calibrate and re-sign")
 
 
 def threshold_for(config: DeviceConfig, bundle: ModelBundle, score_kind: str) -> float:
