@@ -72,6 +72,10 @@ class PendingClaim:
     key: str            # card id, or the matched applicant id without a card
     challenge: Challenge
     decision_fields: dict[str, object] = field(default_factory=dict)
+    #: When the challenge passed (a turn or nod then follows through before it is judged).
+    passed_at: float | None = None
+    #: The last frame with a face since it passed: what the passive check judges.
+    last: tuple[FaceReading, np.ndarray | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,21 @@ class LivenessGate:
     def feed(self, reading: FaceReading | None, image: np.ndarray | None,
              now: float) -> LivenessVerdict | None:
         """One more frame for the pending challenge; a verdict once it is decided."""
-        assert self.pending is not None
-        state = self.pending.challenge.observe(
+        pending = self.pending
+        assert pending is not None
+        challenge = pending.challenge
+        if pending.passed_at is not None:  # following a passed turn or nod through
+            if not challenge.follow(reading.mesh if reading else None,
+                                    reading.embedding if reading else None):
+                return self._finish(LivenessVerdict(False, "challenge_failed",
+                                                    "challenge identity_changed"), now)
+            if reading is not None and reading.mesh is not None:
+                pending.last = (reading, image)
+            if now - pending.passed_at < self.config.follow_through_s:
+                return None
+            assert pending.last is not None
+            return self._finish(self._judge(*pending.last, challenge.track), now)
+        state = challenge.observe(
             reading.mesh if reading else None, reading.embedding if reading else None, now)
         if state.state == "pending":
             return None
@@ -124,7 +141,10 @@ class LivenessGate:
             return self._finish(LivenessVerdict(False, reason, f"challenge {state.reason}"),
                                 now)
         assert reading is not None
-        return self._finish(self._judge(reading, image, self.pending.challenge.track), now)
+        if challenge.action != "blink" and self.config.follow_through_s > 0:
+            pending.passed_at, pending.last = now, (reading, image)
+            return None
+        return self._finish(self._judge(reading, image, challenge.track), now)
 
     def judge_now(self, key: str, reading: FaceReading, image: np.ndarray,
                   now: float) -> LivenessVerdict:

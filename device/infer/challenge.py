@@ -137,6 +137,17 @@ class Challenge:
         self.result = ChallengeResult("failed", reason, now - self.started_at)
         return self.result
 
+    def follow(self, mesh: Mesh | None, embedding: np.ndarray | None) -> bool:
+        """One frame after the challenge passed, added to the track so the 3-D check sees the
+        movement out to its peak, not just its first 15°. False if it is another face."""
+        if mesh is None:
+            return True
+        if (embedding is not None and self._reference is not None
+                and float(np.dot(self._reference, embedding)) < self.config.same_identity):
+            return False
+        self.track.append(mesh.points[:, :2].copy())
+        return True
+
     def observe(self, mesh: Mesh | None, embedding: np.ndarray | None,
                 now: float) -> ChallengeResult:
         """Take one frame (``mesh`` None: no face in it) and return the state so far."""

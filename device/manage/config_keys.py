@@ -79,7 +79,7 @@ _SIGNED_KEYS: tuple[str, ...] = (
     "gpio.held_open_s", "gpio.open_grace_s",
     "liveness.enabled", "liveness.challenge", "liveness.actions", "liveness.timeout_s",
     "liveness.passive", "liveness.planarity", "liveness.max_failures", "liveness.window_s",
-    "liveness.lockout_s",
+    "liveness.lockout_s", "liveness.follow_through_s",
     "screen.enabled", "screen.host", "screen.port",
 )
 

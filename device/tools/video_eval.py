@@ -87,7 +87,10 @@ def gate_run(clip: ClipFrames, action: str, start: int, check: LivenessCheck | N
         verdict = gate.feed(None, None, first.t + timeout_s + 1e-3)
         assert verdict is not None
     result = challenge.result
-    answered = end if result.state == "passed" else None
+    # The frame the challenge passed on (a turn or nod is judged a little later, after its
+    # follow-through: ``verdict_at``).
+    answered = (next((f.index for f in frames[start:] if f.t >= first.t + result.elapsed_s - 1e-9),
+                     end) if result.state == "passed" else None)
     return GateRun(action, start, verdict.live, verdict.reason, verdict.detail, result.state,
                    result.reason, answered, end, challenge.track)
 
