@@ -6,9 +6,9 @@ A threshold for FAR ``f`` from ``n`` impostor scores is the ``(k+1)``-th highest
 is distribution-free (the order-statistic bound of a quantile): the number of impostor scores
 above the true ``1 - f`` quantile ``q`` is Binomial(n, f), so the ``j``-th highest score is
 at least ``q`` with probability P(Bin(n, f) ≥ j); the bound is the ``j``-th highest for the
-largest ``j`` where that probability is still ≥ 95%. Binomial tails are exact (log-space sums)
-for small expected counts and the normal approximation (with continuity correction) beyond.
-Measured rates get Wilson score intervals.
+largest ``j`` where that probability is still ≥ 95%. Binomial tails are exact (the incomplete
+beta of ``device.infer.metrics``, which eval's exact intervals use too). Measured rates get
+Wilson score intervals.
 """
 
 from __future__ import annotations
@@ -18,31 +18,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Below this many expected exceedances the binomial tail is summed exactly.
-_EXACT_BELOW = 200.0
-#: How many impostor scores must lie above a threshold for it to be fitted at all (as in
-#: ``device.infer.metrics``: the threshold is then set by more than one or two outliers).
-MIN_ABOVE = 5
-Z95_ONE_SIDED = 1.6448536269514722
+from device.infer.metrics import MIN_IMPOSTORS_PER_FAR, betainc
+
+#: How many impostor scores must lie above a threshold for it to be fitted at all: the same
+#: bound as eval's (the threshold is then set by more than one or two outliers).
+MIN_ABOVE = MIN_IMPOSTORS_PER_FAR
 Z95_TWO_SIDED = 1.959963984540054
 
 
-def _log_pmf(i: int, n: int, p: float) -> float:
-    return (math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-            + i * math.log(p) + (n - i) * math.log1p(-p))
-
-
 def binom_cdf(x: int, n: int, p: float) -> float:
-    """P(Bin(n, p) ≤ x)."""
+    """P(Bin(n, p) ≤ x), exact: the regularised incomplete beta I_{1-p}(n - x, x + 1)."""
     if x < 0:
         return 0.0
     if x >= n:
         return 1.0
-    mean = n * p
-    if mean < _EXACT_BELOW and x < 10 * _EXACT_BELOW:
-        return min(1.0, sum(math.exp(_log_pmf(i, n, p)) for i in range(x + 1)))
-    sd = math.sqrt(n * p * (1 - p))
-    return 0.5 * math.erfc(-((x + 0.5 - mean) / sd) / math.sqrt(2))
+    return betainc(n - x, x + 1, 1.0 - p)
 
 
 def binom_upper(n: int, p: float, confidence: float = 0.99) -> int:
