@@ -463,8 +463,8 @@ def test_hostile_pushes_raise_an_alarm_and_lose_nothing_at_the_gateway(tmp_path,
     assert len(store.events()) == published == 100  # nothing lost around the refusals
     alarms = store.alarms(kinds=["config_refused"])
     assert len(alarms) == len(HOSTILE)
-    assert {field for _, field in HOSTILE.values()} == {
-        next(f for _, f in HOSTILE.values() if f"{f}:" in a["detail"]) for a in alarms}
+    # one alarm per push, each naming the field its push tried to change
+    assert all(any(f"{field}:" in a["detail"] for a in alarms) for _, field in HOSTILE.values())
     assert gate.config_path.read_bytes() == gate.original and gate.restarts == 0
     alerts = [a for a in current_alerts(store) if a["acknowledged"] is None]
     refused = [a for a in alerts if a["kind"] == "config_refused"]
