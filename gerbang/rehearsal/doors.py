@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 from dataclasses import replace
+from datetime import datetime
 
 import cv2
 
@@ -43,6 +44,8 @@ class Morning:
         self.seed = seed
         self.stop = threading.Event()
         self.t0 = time.monotonic()
+        #: Wall-clock time the doors opened (the session's doors_open); set with ``t0``.
+        self.wall0: datetime | None = None
         self.lock = threading.Lock()
         self.admitted = 0
         self.proctor_admits = 0
@@ -52,6 +55,16 @@ class Morning:
     def rel(self, monotonic: float | None = None) -> float:
         """Seconds since doors opened."""
         return (time.monotonic() if monotonic is None else monotonic) - self.t0
+
+    def rel_ts(self, ts: str | None) -> float | None:
+        """Seconds since doors opened of a wire timestamp (ISO 8601), or None."""
+        if ts is None or self.wall0 is None:
+            return None
+        try:
+            when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (when - self.wall0).total_seconds()
 
     def wait_until(self, at_s: float) -> bool:
         """Sleep until ``at_s`` after doors open; False when the rehearsal is stopping."""
@@ -155,7 +168,13 @@ def perform_visit(morning: Morning, visit: DoorVisit) -> None:
             if morning.stop.is_set():
                 return
             if attempt.outcome == "accepted":
-                visit.admitted_at, visit.admitted_by = morning.rel(), "gate"
+                # The truth's time is the gate's decision time (the event's ts, as the gateway
+                # judges present/late by it), not when the rehearsal read the log line: under
+                # load that lag put an admission just before the start on the other side.
+                decided = morning.rel_ts(rig.decision_ts(attempt.seq)) \
+                    if attempt.seq is not None else None
+                visit.admitted_at = decided if decided is not None else morning.rel()
+                visit.admitted_by = "gate"
                 break
             if attempt.capture not in POOR_CAPTURES:
                 refusals += 1

@@ -206,6 +206,19 @@ class GateRig:
                 self.logged_seqs.add(int(match["seq"]))
         return found
 
+    def decision_ts(self, seq: int) -> str | None:
+        """The ``ts`` of the event ``seq`` in the gate's outbox (read-only): the decision time
+        the gateway judges present or late by. None if it cannot be read."""
+        try:
+            db = sqlite3.connect(f"file:{self.outbox_path}?mode=ro", uri=True, timeout=2)
+            try:
+                row = db.execute("SELECT payload FROM outbox WHERE seq = ?", (seq,)).fetchone()
+            finally:
+                db.close()
+            return json.loads(row[0]).get("ts") if row else None
+        except (sqlite3.Error, ValueError):
+            return None
+
     def read_outbox(self) -> dict[str, int] | None:
         """The outbox's counters (appended = next seq, acked) and depth, read-only."""
         if not self.outbox_path.exists():

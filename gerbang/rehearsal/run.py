@@ -256,7 +256,7 @@ def run_rehearsal(args: argparse.Namespace) -> dict[str, Any]:
         morning = Morning(rigs, base_url, proctor_token, rooms_of, window_s, camera_fps,
                           args.seed)
         wall0 = datetime.now(wib)
-        morning.t0 = time.monotonic()
+        morning.t0, morning.wall0 = time.monotonic(), wall0
         api(base_url, "PUT", f"/api/sessions/{SESSION}", manager_token, {
             "centre": CENTRE, "name": "Exam-day rehearsal",
             "doors_open": wall0.isoformat(timespec="milliseconds"),
